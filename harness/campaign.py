@@ -1,0 +1,549 @@
+"""Campaigns: N runs of one or more arms (a track's script, or any script against a track's target),
+one after another on this node, each in its own process group, with everything kept on disk.
+
+Layout (DESIGN.md "Campaigns and results"):
+    <campaign>/campaign.json          what was asked, the arms, the schedule, environment, pins verdict, status
+    <campaign>/runs/<k>/output.txt    the run's full stdout+stderr
+    <campaign>/runs/<k>/logs/*.txt    the script's own log (scripts write logs/<uuid>.txt in their cwd)
+    <campaign>/runs/<k>/run.json      the parsed result: status, reason, final loss and time, val curve, ...
+    <campaign>/record.md, plots/      written by report.py
+
+A run whose process fails, hangs, never reaches its final val_loss line or reports a non-finite loss is
+recorded as failed with its reason and the campaign goes on. Ctrl-C stops the current run's whole process
+group, marks the campaign interrupted and keeps everything; `--resume` redoes only unfinished runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import HarnessError
+from harness.fsio import read_json, sha256_file, write_json_atomic
+from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
+
+FORMAT_VERSION = 1
+FINISHED = ("ok", "failed")  # run statuses that resume keeps
+_STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
+KILL_GRACE_S = 10.0
+POLL_S = 0.25
+
+
+@dataclass
+class Arm:
+    """One thing being timed: a script, run against a track's target with nproc processes."""
+
+    name: str
+    track: Track
+    script: Path
+    nproc: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "track": self.track.to_dict(),
+            "script": str(self.script),
+            "script_sha256": sha256_file(self.script),
+            "nproc": self.nproc,
+            "env": self.env,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> "Arm":
+        t = d["track"]
+        track = track_from_dict(
+            {**t, "script": t["script"]}, Path(t["folder"]), source=f"campaign.json arm {d['name']!r}"
+        )
+        return Arm(name=d["name"], track=track, script=Path(d["script"]), nproc=int(d["nproc"]), env=dict(d["env"]))
+
+
+def make_arm(spec: str, *, name: str, default_track: Track | None = None, nproc: int | None = None,
+             env: dict[str, str] | None = None) -> Arm:
+    """An arm from a track name (`tiny`) or a script path (run against `default_track`'s target)."""
+    p = Path(spec)
+    if p.suffix == ".py":
+        if not p.is_file():
+            raise HarnessError(f"script {spec} not found")
+        if default_track is None:
+            raise HarnessError(f"script {spec} needs a track whose target it is run against")
+        track, script = default_track, p.resolve()
+    else:
+        track = load_track(spec)
+        script = track.script
+    if not script.is_file():
+        raise HarnessError(f"track {track.name}: script {script} not found")
+    k = nproc if nproc is not None else track.nproc
+    if k < 1:
+        raise HarnessError(f"--nproc must be at least 1, got {k}")
+    return Arm(name=name, track=track, script=script, nproc=k, env=dict(env or {}))
+
+
+def parse_env_pairs(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise HarnessError(f"--env takes KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def new_campaign_dir(track_name: str, out: str | Path | None = None) -> Path:
+    if out is not None:
+        d = Path(out)
+        if (d / "campaign.json").exists():
+            raise HarnessError(f"{d} already holds a campaign: use --resume {d} to finish it, or another --out")
+        return d
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return REPO_ROOT / "results" / track_name / f"{stamp}-{secrets.token_hex(2)}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run
+
+
+@dataclass
+class RunProgress:
+    """What the live display shows; updated from the output reader thread."""
+
+    step: int = 0
+    total: int | None = None
+    last_val_loss: float | None = None
+    last_output: float = field(default_factory=time.time)
+    first_step_unix: float | None = None
+    final_step_unix: float | None = None
+    nonfinite: str | None = None
+    log_offsets: dict = field(default_factory=dict)  # log file -> bytes already read by _follow_log
+
+    def feed(self, line: str) -> None:
+        self.last_output = time.time()
+        m = _STEP_RE.search(line)
+        if not m or not line.lstrip().startswith("step:"):
+            return
+        step, total = int(m.group(1)), int(m.group(2))
+        self.step, self.total = step, total
+        if self.first_step_unix is None:
+            self.first_step_unix = self.last_output
+        if m.group(3) is not None:
+            try:
+                loss = float(m.group(3))
+            except ValueError:
+                loss = math.nan
+            self.last_val_loss = loss
+            if not math.isfinite(loss):
+                self.nonfinite = f"non-finite val_loss ({m.group(3)}) at step {step}/{total}"
+            if step == total:
+                self.final_step_unix = self.last_output
+
+
+def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(arm.track.env)
+    env.update(arm.env)
+    env["SPEEDRUN_SEED"] = str(seed)
+    env["SPEEDRUN_RUN_INDEX"] = str(index)
+    env["SPEEDRUN_CAMPAIGN_ID"] = campaign_id
+    env["PYTHONUNBUFFERED"] = "1"  # the live display follows the run's output line by line
+    if arm.track.data and "DATA_PATH" not in env:
+        default = arm.track.data.get("default_path")
+        if default:
+            env["DATA_PATH"] = str((REPO_ROOT / default).resolve())
+    return env
+
+
+def launch_command(arm: Arm) -> list[str]:
+    if arm.nproc == 1:
+        return [sys.executable, str(arm.script)]
+    # `python -m torch.distributed.run` is torchrun, taken from the same interpreter as the harness.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={arm.nproc}",
+            str(arm.script)]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop the run's whole process group (torchrun and every rank): TERM, then KILL after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            # Ranks may outlive the leader; make sure the group is empty before returning.
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _log_files(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "logs").glob("*.txt"), key=lambda p: p.stat().st_mtime)
+
+
+def _activity_size(run_dir: Path) -> int:
+    return sum(p.stat().st_size for p in _log_files(run_dir))
+
+
+def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: str,
+                on_progress: Callable[[RunProgress], None] | None = None, telemetry: bool = True) -> dict:
+    """Run one arm once in run_dir; return the run.json dict (also written). KeyboardInterrupt propagates
+    after the process group is stopped and an 'interrupted' run.json is written."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = launch_command(arm)
+    env = run_environment(arm, seed, index, campaign_id)
+    progress = RunProgress()
+    sampler = _start_telemetry(run_dir, arm, env) if telemetry else None
+    started = time.time()
+    status, reason, returncode = "ok", None, None
+    out_path = run_dir / "output.txt"
+    with open(out_path, "w", encoding="utf-8", buffering=1) as out:
+        out.write(f"# harness: {' '.join(cmd)}  (cwd={run_dir}, SPEEDRUN_SEED={seed})\n")
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace",
+                                bufsize=1)
+        reader = threading.Thread(target=_pump, args=(proc, out, progress), daemon=True)
+        reader.start()
+        last_size = -1
+        try:
+            while proc.poll() is None:
+                time.sleep(POLL_S)
+                size = _activity_size(run_dir)
+                if size != last_size:  # a script that logs only to its file is still alive
+                    last_size, progress.last_output = size, time.time()
+                _follow_log(run_dir, progress)
+                if on_progress:
+                    on_progress(progress)
+                now = time.time()
+                if progress.nonfinite:
+                    status, reason = "failed", progress.nonfinite
+                elif now - started > arm.track.timeout_s:
+                    status, reason = "failed", f"timed out after {arm.track.timeout_s:.0f} s (track timeout_s)"
+                elif now - progress.last_output > arm.track.hang_timeout_s:
+                    status, reason = "failed", (f"hung: no new output for {arm.track.hang_timeout_s:.0f} s "
+                                                f"(last step seen {progress.step}/{progress.total})")
+                if status == "failed":
+                    _kill_group(proc)
+                    break
+        except KeyboardInterrupt:
+            _kill_group(proc)
+            reader.join(timeout=5)
+            _stop_telemetry(sampler)
+            result = {"index": index, "arm": arm.name, "seed": seed, "status": "interrupted",
+                      "reason": "interrupted by the user (Ctrl-C)", "started_unix": started,
+                      "ended_unix": time.time()}
+            write_json_atomic(run_dir / "run.json", result)
+            raise
+        returncode = proc.wait()
+        # Ranks of torchrun can linger after the leader; the group must be gone before the next run.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        reader.join(timeout=5)
+    ended = time.time()
+    _stop_telemetry(sampler)
+    result = _result_from_logs(run_dir, arm, index=index, seed=seed, status=status, reason=reason,
+                               returncode=returncode, started=started, ended=ended, progress=progress)
+    if telemetry:
+        result["telemetry"] = _summarize_telemetry(run_dir, result.get("timed_window_unix"))
+    write_json_atomic(run_dir / "run.json", result)
+    return result
+
+
+def _pump(proc: subprocess.Popen, out, progress: RunProgress) -> None:
+    for line in proc.stdout:
+        out.write(line)
+        progress.feed(line)
+
+
+def _follow_log(run_dir: Path, progress: RunProgress) -> None:
+    """Scripts that print step lines only to their log file still drive the live display."""
+    files = _log_files(run_dir)
+    if not files:
+        return
+    f = files[-1]
+    pos = progress.log_offsets.get(f, 0)
+    try:
+        with open(f, "rb") as fh:
+            fh.seek(pos)
+            chunk = fh.read()
+    except OSError:
+        return
+    # Only whole lines; a partial last line waits for the next poll.
+    cut = chunk.rfind(b"\n") + 1
+    for line in chunk[:cut].decode("utf-8", errors="replace").splitlines():
+        if line.startswith("step:"):
+            progress.feed(line)
+    progress.log_offsets[f] = pos + cut
+
+
+def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, returncode, started, ended,
+                      progress: RunProgress) -> dict:
+    from harness.logs import parse_log
+
+    files = _log_files(run_dir)
+    log_path = files[-1] if files else run_dir / "output.txt"
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    parsed = parse_log(text)
+    if status == "ok":
+        if returncode != 0:
+            status, reason = "failed", f"exited with code {returncode}: {_last_line(run_dir / 'output.txt')}"
+        elif not parsed.reached_final:
+            status, reason = "failed", (f"never printed its final val_loss line (last step seen "
+                                        f"{parsed.steps[-1].step if parsed.steps else 'none'}"
+                                        f"/{parsed.total_steps or '?'})")
+        elif parsed.final_val_loss is None or not math.isfinite(parsed.final_val_loss):
+            status, reason = "failed", f"non-finite final val_loss ({parsed.final_val_loss})"
+    window = None
+    if progress.first_step_unix and progress.final_step_unix:
+        window = [progress.first_step_unix, progress.final_step_unix]
+    expected = arm.track.final_step
+    return {
+        "index": index,
+        "arm": arm.name,
+        "seed": seed,
+        "status": status,
+        "reason": reason,
+        "returncode": returncode,
+        "command": launch_command(arm),
+        "nproc": arm.nproc,
+        "started_unix": started,
+        "ended_unix": ended,
+        "wall_s": round(ended - started, 3),
+        "log_file": str(log_path.relative_to(run_dir)),
+        "final_step": parsed.final_step,
+        "total_steps": parsed.total_steps,
+        "expected_final_step": expected,
+        "final_val_loss": parsed.final_val_loss,
+        "train_time_ms": parsed.final_train_time_ms,
+        "train_time_s": (parsed.final_train_time_ms / 1000.0) if parsed.final_train_time_ms is not None else None,
+        "val_curve": [list(p) for p in parsed.val_curve],
+        "peak_memory_allocated_mib": parsed.peak_memory_allocated_mib,
+        "peak_memory_reserved_mib": parsed.peak_memory_reserved_mib,
+        "source_sha256": parsed.source_sha256,
+        "versions": {"python": parsed.python_version, "torch": parsed.torch_version,
+                     "cuda": parsed.cuda_version, "triton": parsed.triton_version},
+        "gpus": parsed.gpus,
+        "timed_window_unix": window,
+        "log_problems": parsed.problems,
+    }
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else "(no output)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Telemetry hooks: optional; a missing driver or NVML never stops a run.
+
+
+def gpu_indices(arm: Arm, env: dict[str, str]) -> list[int]:
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        try:
+            return [int(x) for x in visible.split(",") if x.strip()][: arm.nproc]
+        except ValueError:
+            pass
+    return list(range(arm.nproc))
+
+
+def _start_telemetry(run_dir: Path, arm: Arm, env: dict[str, str]):
+    try:
+        from harness import telemetry
+    except ImportError:
+        return None
+    ok, _ = telemetry.nvml_available()
+    if not ok:
+        return None
+    return telemetry.start_sampler(run_dir, gpu_indices(arm, env))
+
+
+def _stop_telemetry(sampler) -> None:
+    if sampler is not None:
+        sampler.stop()
+
+
+def _summarize_telemetry(run_dir: Path, window) -> dict | None:
+    try:
+        from harness import telemetry
+    except ImportError:
+        return None
+    if not (run_dir / "telemetry.csv").exists():
+        return None
+    return telemetry.summarize_run(run_dir, tuple(window) if window else None)
+
+
+def environment_record(arm: Arm) -> dict:
+    """The fingerprint and pins verdict stored in campaign.json; degrade to a note if env.py is absent."""
+    try:
+        from harness import env as envmod
+    except ImportError:
+        return {"fingerprint": None, "record_grade": None, "mismatches": ["environment fingerprint unavailable"]}
+    fp = envmod.fingerprint()
+    mismatches = envmod.check_pins(arm.track, fp)
+    return {"fingerprint": fp, "record_grade": not mismatches, "mismatches": mismatches}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The campaign
+
+
+def load_runs(campaign_dir: str | Path) -> list[dict]:
+    """run.json of every run in schedule order (runs not started yet are absent)."""
+    runs_dir = Path(campaign_dir) / "runs"
+    out = []
+    for d in sorted(runs_dir.glob("*"), key=lambda p: (len(p.name), p.name)):
+        if d.is_dir() and d.name.isdigit() and (d / "run.json").exists():
+            out.append(read_json(d / "run.json"))
+    return out
+
+
+def load_campaign(campaign_dir: str | Path) -> dict:
+    d = Path(campaign_dir)
+    if not d.is_dir():
+        raise HarnessError(f"{d}: no such campaign folder")
+    if not (d / "campaign.json").is_file():
+        raise HarnessError(f"{d}: not a campaign folder (no campaign.json)")
+    return read_json(d / "campaign.json")
+
+
+def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
+                 stop_rule: Callable[[list[dict]], str | None] | None = None, telemetry: bool = True,
+                 resume: bool = False, kind: str = "run", seeds: list[int] | None = None,
+                 extra: dict | None = None, quiet: bool = False) -> Path:
+    """Run `schedule` (arm names, in order) into out_dir. Returns out_dir. Raises KeyboardInterrupt after a
+    clean stop on Ctrl-C (campaign.json then says 'interrupted')."""
+    from harness import report
+
+    out_dir = Path(out_dir).resolve()
+    by_name = {a.name: a for a in arms}
+    unknown = sorted(set(schedule) - set(by_name))
+    if unknown:
+        raise HarnessError(f"schedule names unknown arms: {', '.join(unknown)}")
+    seeds = seeds if seeds is not None else list(range(len(schedule)))
+    campaign_path = out_dir / "campaign.json"
+    if resume:
+        campaign = read_json(campaign_path)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        first = arms[0]
+        campaign = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "id": out_dir.name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": sys.argv,
+            "track": first.track.to_dict(),
+            "arms": {a.name: a.to_dict() for a in arms},
+            "schedule": schedule,
+            "seeds": seeds,
+            "telemetry": telemetry,
+            "environment": environment_record(first),
+            **(extra or {}),
+        }
+    campaign["status"] = "running"
+    campaign.pop("stop_reason", None)
+    write_json_atomic(campaign_path, campaign)
+
+    display = _Display(len(schedule), quiet=quiet)
+    completed = load_runs(out_dir)
+    done = {r["index"] for r in completed if r.get("status") in FINISHED}
+    completed = [r for r in completed if r.get("status") in FINISHED]
+    stop_reason = stop_rule(completed) if (stop_rule and completed) else None
+    try:
+        with display:
+            for k, arm_name in enumerate(schedule):
+                if stop_reason:
+                    break
+                if k in done:
+                    display.run_done(k, completed_result(completed, k))
+                    continue
+                run_dir = out_dir / "runs" / str(k)
+                if run_dir.exists():  # left by an interrupted attempt: keep it aside, never delete it
+                    run_dir.rename(out_dir / "runs" / f"{k}.interrupted-{int(time.time())}")
+                arm = by_name[arm_name]
+                display.run_start(k, arm_name)
+                result = execute_run(arm, run_dir, index=k, seed=seeds[k], campaign_id=campaign["id"],
+                                     on_progress=display.run_progress, telemetry=telemetry)
+                completed.append(result)
+                display.run_done(k, result)
+                if stop_rule:
+                    stop_reason = stop_rule(completed)
+    except KeyboardInterrupt:
+        campaign["status"] = "interrupted"
+        write_json_atomic(campaign_path, campaign)
+        report.write_record(out_dir)
+        raise
+    campaign["status"] = "stopped-early" if stop_reason else "complete"
+    if stop_reason:
+        campaign["stop_reason"] = stop_reason
+    write_json_atomic(campaign_path, campaign)
+    report.write_record(out_dir)
+    return out_dir
+
+
+def completed_result(completed: list[dict], k: int) -> dict:
+    return next(r for r in completed if r["index"] == k)
+
+
+class _Display:
+    """rich live progress: run i of N, step k of M, last val loss, elapsed and ETA."""
+
+    def __init__(self, n_runs: int, quiet: bool = False):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.console = Console(stderr=True, quiet=quiet)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+            transient=False,
+        )
+        self.n_runs = n_runs
+        self.campaign_task = self.progress.add_task("campaign", total=n_runs, info="")
+        self.run_task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def run_start(self, k: int, arm: str) -> None:
+        if self.run_task is not None:
+            self.progress.remove_task(self.run_task)
+        self.run_task = self.progress.add_task(f"run {k + 1}/{self.n_runs} [{arm}]", total=None, info="starting")
+
+    def run_progress(self, p: RunProgress) -> None:
+        if self.run_task is None:
+            return
+        loss = f"val_loss {p.last_val_loss:.4f}" if p.last_val_loss is not None else "val_loss -"
+        self.progress.update(self.run_task, completed=p.step, total=p.total, info=f"step {p.step}  {loss}")
+
+    def run_done(self, k: int, result: dict) -> None:
+        self.progress.advance(self.campaign_task)
+        if result.get("status") == "ok":
+            msg = (f"[green]run {k + 1} ok[/]  val_loss {result['final_val_loss']:.4f}  "
+                   f"train_time {result['train_time_s']:.3f} s")
+        else:
+            msg = f"[red]run {k + 1} failed[/]: {result.get('reason')}"
+        self.progress.console.print(msg)

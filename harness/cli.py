@@ -1,0 +1,171 @@
+"""`speedrun` command line: argument parsing only; each command calls one function that tests call too."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.errors import HarnessError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="speedrun", description="Reproducible NanoGPT-speedrun campaigns, statistics and verification.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a campaign: N runs of a track on this node")
+    r.add_argument("track", nargs="?", help="track name (tiny, short, ...) or the path of a track folder")
+    r.add_argument("--runs", type=_positive_int, default=None, help="number of runs (default 5)")
+    r.add_argument("--script", help="run this script instead of the track's frozen one, against the track's target")
+    r.add_argument("--nproc", type=_positive_int, help="processes (GPUs) per run; default: the track's nproc")
+    r.add_argument("--out", help="campaign folder (default results/<track>/<timestamp>)")
+    r.add_argument("--resume", metavar="CAMPAIGN", help="finish an interrupted campaign without redoing finished runs")
+    r.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra environment for every run (repeatable)")
+    r.add_argument("--data-path", help="folder of data shards, passed to runs as DATA_PATH")
+    r.add_argument("--seed-base", type=int, default=0, help="run k gets SPEEDRUN_SEED=seed_base+k")
+    r.add_argument("--no-telemetry", action="store_true", help="do not sample GPU telemetry")
+    r.add_argument("--lock-clocks", nargs="?", const=0, type=int, metavar="MHZ",
+                   help="rented nodes only, as root: persistence on and SM clock locked (restored afterwards)")
+    r.add_argument("--until-significant", action="store_true",
+                   help="stop once an anytime-valid sequential test decides (error rate stays at alpha)")
+    r.add_argument("--max-runs", type=_positive_int, help="with --until-significant: at most this many runs")
+    r.add_argument("--quiet", action="store_true", help="no live progress display")
+
+    s = sub.add_parser("stats", help="print the record block for given losses and times")
+    s.add_argument("--target", type=float, required=True)
+    s.add_argument("--losses", type=_floats, required=True, help="comma-separated final val losses")
+    s.add_argument("--times", type=_floats, required=True, help="comma-separated train times in seconds")
+    s.add_argument("--no-p", action="store_true", help="omit the t-test line (re-timed previous record style)")
+
+    v = sub.add_parser("verify", help="recompute a record's claims from its logs, check by check")
+    v.add_argument("path", help="a campaign folder or a folder of competition logs")
+    v.add_argument("--target", type=float, help="target loss when the folder does not say")
+    v.add_argument("--alpha", type=float, default=None, help="significance level (default 0.01)")
+
+    rep = sub.add_parser("report", help="rewrite record.md and plots of a campaign and print its summary")
+    rep.add_argument("campaign")
+
+    e = sub.add_parser("env", help="this node's environment fingerprint; --check TRACK compares it with the pins")
+    e.add_argument("--check", metavar="TRACK")
+    e.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("autotune", help="benchmark a track's Triton kernel configs here and rewrite its frozen file")
+    a.add_argument("track")
+
+    d = sub.add_parser("data", help="download or adopt data shards, with a sha256 manifest")
+    d.add_argument("dataset", choices=["fineweb"])
+    d.add_argument("--shards", type=_positive_int, default=9, help="train shards (default 9, the short track)")
+    d.add_argument("--dir", help="destination folder (default data/fineweb10B)")
+    d.add_argument("--from", dest="from_dir", metavar="DIR", help="adopt shards already in DIR instead of downloading")
+
+    c = sub.add_parser("compare", help="baseline vs candidate on this node, interleaved A B B A ...")
+    c.add_argument("baseline", help="track name or script path")
+    c.add_argument("candidate", help="track name or script path")
+    c.add_argument("--runs", type=_positive_int, default=6, help="runs per arm (default 6)")
+    c.add_argument("--until-significant", action="store_true")
+    c.add_argument("--max-runs", type=_positive_int)
+    c.add_argument("--nproc", type=_positive_int)
+    c.add_argument("--out")
+    c.add_argument("--env", action="append", metavar="KEY=VALUE")
+    c.add_argument("--no-telemetry", action="store_true")
+
+    pl = sub.add_parser("plan", help="runs needed for a given power, fixed-N vs sequential")
+    pl.add_argument("--target", type=float)
+    pl.add_argument("--sigma", type=float)
+    pl.add_argument("--mean", type=float)
+    pl.add_argument("--power", type=float, default=0.9)
+    pl.add_argument("--alpha", type=float, default=0.01)
+    pl.add_argument("--from", dest="from_campaign", metavar="CAMPAIGN")
+
+    b = sub.add_parser("bench-sequential", help="simulate the sequential test's error rate and runs saved")
+    b.add_argument("--sims", type=_positive_int, default=20000)
+    return p
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from harness.campaign import parse_env_pairs
+
+    if args.command == "run":
+        from harness.run_command import cmd_run
+
+        return cmd_run(args)
+    if args.command == "stats":
+        from harness.record_block import render_block
+
+        print(render_block(args.losses, args.times, args.target, with_p=not args.no_p), end="")
+        return 0
+    if args.command == "verify":
+        from harness.verify import cmd_verify
+
+        return cmd_verify(args.path, target=args.target, alpha=args.alpha)
+    if args.command == "report":
+        from harness.report import cmd_report
+
+        return cmd_report(args.campaign)
+    if args.command == "env":
+        from harness.env import cmd_env
+
+        return cmd_env(check_track=args.check, as_json=args.json)
+    if args.command == "autotune":
+        from harness.autotune import cmd_autotune
+
+        return cmd_autotune(args.track)
+    if args.command == "data":
+        from harness.data import cmd_data
+
+        return cmd_data(args.dataset, shards=args.shards, dir=args.dir, from_dir=args.from_dir)
+    if args.command == "compare":
+        from harness.compare import cmd_compare
+
+        return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
+                           max_runs=args.max_runs, out=args.out, env=parse_env_pairs(args.env), nproc=args.nproc,
+                           telemetry=not args.no_telemetry)
+    if args.command == "plan":
+        from harness.plan import cmd_plan
+
+        return cmd_plan(target=args.target, sigma=args.sigma, mean=args.mean, power=args.power, alpha=args.alpha,
+                        from_campaign=args.from_campaign)
+    if args.command == "bench-sequential":
+        from harness.sequential import cmd_bench_sequential
+
+        return cmd_bench_sequential(sims=args.sims)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: everything written so far is kept", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

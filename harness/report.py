@@ -1,0 +1,190 @@
+"""record.md, the console summary, and the plots of a campaign. Everything is recomputed from the files
+under the campaign folder, so `speedrun report DIR` can regenerate it at any time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.campaign import load_campaign, load_runs
+from harness.fsio import write_text_atomic
+from harness.record_block import render_block
+
+
+def ok_runs(runs: list[dict], arm: str | None = None) -> list[dict]:
+    return [r for r in runs if r.get("status") == "ok" and (arm is None or r.get("arm") == arm)]
+
+
+def arm_series(runs: list[dict], arm: str | None = None) -> tuple[list[float], list[float]]:
+    good = ok_runs(runs, arm)
+    return [r["final_val_loss"] for r in good], [r["train_time_s"] for r in good]
+
+
+def claim_arm(campaign: dict) -> str:
+    """The arm whose numbers are the claim: the candidate in a comparison, the only arm otherwise."""
+    arms = list(campaign["arms"])
+    return "candidate" if "candidate" in arms else arms[0]
+
+
+def _fence(text: str) -> str:
+    return "```\n" + text + "```\n"
+
+
+def record_markdown(campaign_dir: str | Path) -> str:
+    d = Path(campaign_dir)
+    campaign = load_campaign(d)
+    runs = load_runs(d)
+    track = campaign["track"]
+    target, alpha = float(track["target"]), float(track["alpha"])
+    main = claim_arm(campaign)
+    n_sched = len(campaign["schedule"])
+    failed = [r for r in runs if r.get("status") == "failed"]
+    lines = [
+        f"# {track['name']} campaign {campaign['id']}",
+        "",
+        f"- status: **{campaign.get('status', '?')}**"
+        + (f" ({campaign['stop_reason']})" if campaign.get("stop_reason") else ""),
+        f"- runs: {len(ok_runs(runs))} ok, {len(failed)} failed, {n_sched} scheduled",
+        f"- target: mean final val loss < {target} (one-sided t-test, p < {alpha})",
+        f"- created: {campaign.get('created', '?')}",
+        "",
+        "## Timing and Validation",
+        "",
+    ]
+    losses, times = arm_series(runs, main)
+    if losses:
+        lines.append(_fence(render_block(losses, times, target)))
+        seq = campaign.get("until_significant")
+        if seq:
+            lines.append(_sequential_line(losses, target, alpha))
+    else:
+        lines.append("No run finished successfully: there is no block to report.\n")
+    if "baseline" in campaign["arms"]:
+        b_losses, b_times = arm_series(runs, "baseline")
+        lines += ["Previous record (timed on same machine):", ""]
+        lines.append(_fence(render_block(b_losses, b_times, target, with_p=False)) if b_losses
+                     else "No baseline run finished successfully.\n")
+        lines.append(_comparison_section(d))
+    lines += ["## Runs", "", _runs_table_md(runs), ""]
+    lines += ["## Environment", "", _environment_md(campaign), ""]
+    tele = _telemetry_md(runs)
+    if tele:
+        lines += ["## Telemetry", "", tele, ""]
+    plots = sorted((d / "plots").glob("*.png")) if (d / "plots").is_dir() else []
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _sequential_line(losses: list[float], target: float, alpha: float) -> str:
+    try:
+        from harness.sequential import sequential_markdown
+    except ImportError:
+        return ""
+    return sequential_markdown(losses, target, alpha) + "\n"
+
+
+def _comparison_section(d: Path) -> str:
+    try:
+        from harness.compare import comparison_markdown
+    except ImportError:
+        return ""
+    return comparison_markdown(d) + "\n"
+
+
+def _runs_table_md(runs: list[dict]) -> str:
+    rows = ["| run | arm | seed | status | final step | val loss | train time (s) | wall (s) | reason |",
+            "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in runs:
+        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["index"], r.get("arm", ""), r.get("seed", ""), r.get("status", ""),
+            _or_dash(r.get("final_step")), _num(r.get("final_val_loss"), 4), _num(r.get("train_time_s"), 3),
+            _num(r.get("wall_s"), 1), (r.get("reason") or "").replace("|", "/")))
+    return "\n".join(rows)
+
+
+def _environment_md(campaign: dict) -> str:
+    env = campaign.get("environment") or {}
+    grade = env.get("record_grade")
+    mism = env.get("mismatches") or []
+    if grade is True:
+        head = "**record-grade**: the environment matches every pin of the track."
+    elif grade is False:
+        head = "**not record-grade**: " + "; ".join(mism)
+    else:
+        head = "record-grade: unknown (" + ("; ".join(mism) or "no fingerprint") + ")"
+    out = [head]
+    try:
+        from harness.env import fingerprint_markdown
+    except ImportError:
+        return "\n".join(out)
+    if env.get("fingerprint"):
+        out += ["", fingerprint_markdown(env["fingerprint"])]
+    return "\n".join(out)
+
+
+def _telemetry_md(runs: list[dict]) -> str:
+    summaries = [(str(r["index"]), r["telemetry"]) for r in runs if r.get("telemetry")]
+    if not summaries:
+        return ""
+    try:
+        from harness.telemetry import telemetry_markdown
+    except ImportError:
+        return ""
+    return telemetry_markdown(summaries)
+
+
+def _or_dash(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def _num(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def make_plots(campaign_dir: Path) -> list[Path]:
+    try:
+        from harness.plots import make_campaign_plots
+    except ImportError:
+        return []
+    return make_campaign_plots(campaign_dir)
+
+
+def write_record(campaign_dir: str | Path) -> Path:
+    """(Re)write plots and record.md of a campaign from its files."""
+    d = Path(campaign_dir)
+    make_plots(d)
+    return write_text_atomic(d / "record.md", record_markdown(d))
+
+
+def print_summary(campaign_dir: str | Path, console=None) -> None:
+    """The end-of-campaign table and the block, on the console."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    d = Path(campaign_dir)
+    campaign = load_campaign(d)
+    runs = load_runs(d)
+    table = Table(title=f"{campaign['track']['name']} campaign {campaign['id']} ({campaign.get('status')})")
+    for col, justify in (("run", "right"), ("arm", "left"), ("seed", "right"), ("status", "left"),
+                         ("val loss", "right"), ("train time (s)", "right"), ("wall (s)", "right"),
+                         ("reason", "left")):
+        table.add_column(col, justify=justify)
+    for r in runs:
+        status = "[green]ok[/]" if r.get("status") == "ok" else f"[red]{r.get('status')}[/]"
+        table.add_row(str(r["index"]), r.get("arm", ""), str(r.get("seed", "")), status,
+                      _num(r.get("final_val_loss"), 4), _num(r.get("train_time_s"), 3), _num(r.get("wall_s"), 1),
+                      r.get("reason") or "")
+    console.print(table)
+    md = (d / "record.md").read_text(encoding="utf-8") if (d / "record.md").exists() else record_markdown(d)
+    # The block(s) and what follows them up to the runs table: what a contributor pastes.
+    start = md.find("## Timing and Validation")
+    end = md.find("## Runs")
+    console.print(md[start:end].strip(), markup=False, highlight=False)
+    console.print(f"\nresults: {d}", markup=False, highlight=False)
+
+
+def cmd_report(campaign_dir: str) -> int:
+    write_record(campaign_dir)
+    print_summary(campaign_dir)
+    return 0

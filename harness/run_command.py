@@ -1,0 +1,103 @@
+"""`speedrun run`: turn command-line arguments into a campaign (new or resumed) and print its summary."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from harness.campaign import (Arm, gpu_indices, load_campaign, load_runs, make_arm, new_campaign_dir,
+                              parse_env_pairs, run_campaign, run_environment)
+from harness.fsio import sha256_file
+from harness.errors import HarnessError
+from harness.report import print_summary
+
+DEFAULT_RUNS = 5
+DEFAULT_MAX_RUNS = 20
+EXIT_SOME_RUNS_FAILED = 3
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.track or args.script or args.runs:
+            raise HarnessError("--resume takes the campaign as it was asked; drop TRACK/--runs/--script")
+        return resume_campaign(args.resume, telemetry=not args.no_telemetry, quiet=args.quiet)
+    if not args.track:
+        raise HarnessError("name a track (e.g. 'speedrun run tiny --runs 5') or --resume CAMPAIGN")
+    env = parse_env_pairs(args.env)
+    if args.data_path:
+        data = Path(args.data_path)
+        if not data.is_dir():
+            raise HarnessError(f"--data-path {data}: no such folder")
+        env["DATA_PATH"] = str(data.resolve())
+    base = make_arm(args.track, name="main", nproc=args.nproc, env=env)
+    arm = make_arm(args.script, name="main", default_track=base.track, nproc=args.nproc, env=env) if args.script else base
+    _check_data(arm)
+    stop_rule, extra = None, {}
+    if args.until_significant:
+        from harness.sequential import make_stop_rule
+
+        n = args.max_runs or args.runs or DEFAULT_MAX_RUNS
+        stop_rule = make_stop_rule(arm.track.target, arm.track.alpha, n)
+        extra["until_significant"] = {"max_runs": n}
+    elif args.max_runs:
+        raise HarnessError("--max-runs goes with --until-significant")
+    else:
+        n = args.runs or DEFAULT_RUNS
+    schedule = ["main"] * n
+    seeds = [args.seed_base + k for k in range(n)]
+    out = new_campaign_dir(arm.track.name, args.out)
+    with _clock_lock(args.lock_clocks, arm):
+        campaign_dir = run_campaign(out, [arm], schedule, stop_rule=stop_rule, telemetry=not args.no_telemetry,
+                                    seeds=seeds, extra=extra, quiet=args.quiet)
+    return _finish(campaign_dir)
+
+
+def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False) -> int:
+    campaign = load_campaign(path)
+    if campaign.get("status") == "complete":
+        raise HarnessError(f"{path}: this campaign is already complete")
+    arms = [Arm.from_dict(a) for a in campaign["arms"].values()]
+    for a, stored in zip(arms, campaign["arms"].values()):
+        if not a.script.is_file():
+            raise HarnessError(f"{path}: arm {a.name!r} script {a.script} is gone; cannot resume")
+        if sha256_file(a.script) != stored["script_sha256"]:
+            raise HarnessError(f"{path}: script {a.script} changed since the campaign started; cannot resume")
+    stop_rule = None
+    if campaign.get("until_significant"):
+        from harness.sequential import make_stop_rule
+
+        t = arms[0].track
+        stop_rule = make_stop_rule(t.target, t.alpha, campaign["until_significant"]["max_runs"])
+    campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
+                                telemetry=telemetry and campaign.get("telemetry", True), resume=True,
+                                seeds=campaign["seeds"], quiet=quiet)
+    return _finish(campaign_dir)
+
+
+def _finish(campaign_dir: Path) -> int:
+    print_summary(campaign_dir)
+    runs = load_runs(campaign_dir)
+    return EXIT_SOME_RUNS_FAILED if any(r.get("status") != "ok" for r in runs) else 0
+
+
+def _check_data(arm: Arm) -> None:
+    """A track that reads shards must find them before the campaign starts, not after N crashed runs."""
+    if not arm.track.data:
+        return
+    data_path = run_environment(arm, 0, 0, "check").get("DATA_PATH")
+    if not data_path:
+        return
+    path = Path(data_path)
+    missing = [pat for pat in ("fineweb_val_*.bin", "fineweb_train_*.bin") if not list(path.glob(pat))]
+    if missing:
+        raise HarnessError(f"data folder {path} has no {' or '.join(missing)}: run 'speedrun data fineweb "
+                           f"--shards N' (or pass --data-path DIR)")
+
+
+def _clock_lock(mhz: int | None, arm: Arm):
+    if mhz is None:
+        return contextlib.nullcontext()
+    from harness.clocks import locked_clocks
+
+    return locked_clocks(gpu_indices(arm, run_environment(arm, 0, 0, "lock")), target_mhz=mhz or None)
