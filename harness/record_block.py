@@ -25,9 +25,13 @@ class BlockNumbers:
 
 
 def _std_mean(values: list[float]) -> tuple[float, float, str]:
+    import warnings
+
     import torch
 
-    result = torch.std_mean(torch.tensor(values))
+    with warnings.catch_warnings():  # one run: torch warns and returns nan, which the block then prints
+        warnings.simplefilter("ignore", UserWarning)
+        result = torch.std_mean(torch.tensor(values))
     std, mean = result
     return float(std), float(mean), str(result)
 

@@ -1,0 +1,169 @@
+"""Campaigns end to end with a fast fake track: results layout, failures, Ctrl-C and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from conftest import FIXTURES, REPO, run_cli
+from harness.campaign import make_arm, load_runs, parse_env_pairs, run_campaign
+from harness.errors import HarnessError
+from harness.record_block import parse_blocks
+
+FAKE = FIXTURES / "fake_track"
+
+
+def campaign(tmp_path, track, n=2, env=None, **kw):
+    arm = make_arm(str(FAKE), name="main", env=env or {})
+    arm.track = replace(arm.track, **kw) if kw else arm.track
+    out = run_campaign(tmp_path / "c", [arm], ["main"] * n, telemetry=False, quiet=True)
+    return out, load_runs(out), json.loads((out / "campaign.json").read_text())
+
+
+def test_ok_campaign_writes_the_layout_and_block(tmp_path, fake_track):
+    out, runs, camp = campaign(tmp_path, fake_track, n=3)
+    assert camp["status"] == "complete" and camp["schedule"] == ["main"] * 3
+    assert [r["status"] for r in runs] == ["ok"] * 3
+    assert [r["seed"] for r in runs] == [0, 1, 2]
+    for k, r in enumerate(runs):
+        d = out / "runs" / str(k)
+        assert (d / "output.txt").exists() and list((d / "logs").glob("*.txt"))
+        assert r["final_step"] == 20 and r["total_steps"] == 20
+        assert r["train_time_s"] == pytest.approx(r["train_time_ms"] / 1000)
+        assert r["val_curve"][-1] == [20, r["final_val_loss"]]
+        assert r["timed_window_unix"][0] <= r["timed_window_unix"][1]
+    # Seeds reach the script: the fake's final loss depends on SPEEDRUN_SEED.
+    assert len({r["final_val_loss"] for r in runs}) == 3
+    (block,) = parse_blocks((out / "record.md").read_text())
+    assert block.losses == [r["final_val_loss"] for r in runs]
+    assert block.times == [round(r["train_time_s"], 3) for r in runs]
+    assert block.target == 3.28
+
+
+@pytest.mark.parametrize("mode,reason", [
+    ("crash", "exited with code 1"),
+    ("nan", "non-finite val_loss"),
+    ("cutoff", "never printed its final val_loss line"),
+])
+def test_failed_runs_are_recorded_and_the_campaign_goes_on(tmp_path, fake_track, mode, reason):
+    out, runs, camp = campaign(tmp_path, fake_track, n=2, env={"FAKE_MODE": mode})
+    assert camp["status"] == "complete"
+    assert [r["status"] for r in runs] == ["failed", "failed"]
+    assert all(reason in r["reason"] for r in runs), runs[0]["reason"]
+    assert "No run finished successfully" in (out / "record.md").read_text()
+
+
+def test_hung_run_is_killed_with_its_process_group(tmp_path, fake_track):
+    t0 = time.time()
+    out, runs, _ = campaign(tmp_path, fake_track, n=1, env={"FAKE_MODE": "hang"}, hang_timeout_s=2.0)
+    assert runs[0]["status"] == "failed" and runs[0]["reason"].startswith("hung: no new output for 2 s")
+    assert time.time() - t0 < 30
+    # The sleeping script is gone, not left behind holding the GPU.
+    out_text = (out / "runs" / "0" / "output.txt").read_text()
+    pid = int(out_text.split("about to hang pid=")[1].split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_wall_timeout(tmp_path, fake_track):
+    _, runs, _ = campaign(tmp_path, fake_track, n=1, env={"FAKE_MODE": "hang"}, timeout_s=1.5,
+                          hang_timeout_s=100.0)
+    assert runs[0]["status"] == "failed" and "timed out after 2 s" in runs[0]["reason"]
+
+
+def test_script_logging_only_to_its_file_is_not_a_hang(tmp_path, fake_track):
+    _, runs, _ = campaign(tmp_path, fake_track, n=1, env={"FAKE_MODE": "logonly", "SPEEDRUN_NUM_ITERATIONS": "300"},
+                          hang_timeout_s=1.0)
+    assert runs[0]["status"] == "ok", runs[0]["reason"]
+
+
+def test_schedule_with_unknown_arm_is_refused(tmp_path):
+    arm = make_arm(str(FAKE), name="main")
+    with pytest.raises(HarnessError, match="unknown arms"):
+        run_campaign(tmp_path / "c", [arm], ["main", "other"], telemetry=False, quiet=True)
+
+
+def test_env_pairs():
+    assert parse_env_pairs(["A=1", "B_2=x=y"]) == {"A": "1", "B_2": "x=y"}
+    for bad in ("A", "=1", "1A=2", "A B=1"):
+        with pytest.raises(HarnessError):
+            parse_env_pairs([bad])
+
+
+def _wait_for(pred, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_ctrl_c_keeps_everything_and_resume_finishes(tmp_path):
+    out = tmp_path / "camp"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "harness", "run", str(FAKE), "--runs", "3", "--out", str(out), "--quiet",
+           "--no-telemetry", "--env", "SPEEDRUN_NUM_ITERATIONS=300"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Interrupt during the second run, once the first has finished.
+    assert _wait_for(lambda: (out / "runs" / "1" / "output.txt").exists()), "second run never started"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    camp = json.loads((out / "campaign.json").read_text())
+    assert camp["status"] == "interrupted"
+    first = json.loads((out / "runs" / "0" / "run.json").read_text())
+    assert first["status"] == "ok"
+    assert json.loads((out / "runs" / "1" / "run.json").read_text())["status"] == "interrupted"
+
+    r = run_cli("run", "--resume", out, "--quiet", "--no-telemetry")
+    assert r.returncode == 0, r.stderr
+    runs = load_runs(out)
+    assert [x["status"] for x in runs] == ["ok"] * 3
+    assert runs[0]["started_unix"] == first["started_unix"]  # not redone
+    kept = list((out / "runs").glob("1.interrupted-*"))
+    assert len(kept) == 1 and (kept[0] / "output.txt").exists()  # the interrupted attempt is kept aside
+    assert json.loads((out / "campaign.json").read_text())["status"] == "complete"
+    again = run_cli("run", "--resume", out)
+    assert again.returncode == 2 and "already complete" in again.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["run", "no-such-track"], "unknown track"),
+    (["run", "--resume", "/nonexistent/campaign"], "no such campaign folder"),
+    (["run", str(FAKE), "--env", "NOEQUALS"], "--env takes KEY=VALUE"),
+    (["run"], "name a track"),
+    (["run", str(FAKE), "--script", "/nonexistent.py"], "not found"),
+    (["run", str(FAKE), "--runs", "0"], "expected at least 1"),
+])
+def test_cli_bad_input_is_one_clear_line(args, msg):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert msg in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_out_folder_holding_a_campaign_is_not_overwritten(tmp_path):
+    out = tmp_path / "c"
+    r = run_cli("run", str(FAKE), "--runs", "1", "--out", out, "--quiet", "--no-telemetry")
+    assert r.returncode == 0, r.stderr
+    before = (out / "campaign.json").read_text()
+    r2 = run_cli("run", str(FAKE), "--runs", "1", "--out", out, "--quiet")
+    assert r2.returncode == 2 and "already holds a campaign" in r2.stderr
+    assert (out / "campaign.json").read_text() == before
+
+
+def test_failed_runs_give_a_distinct_exit_code(tmp_path):
+    r = run_cli("run", str(FAKE), "--runs", "1", "--out", tmp_path / "c", "--quiet", "--no-telemetry",
+                "--env", "FAKE_MODE=crash")
+    assert r.returncode == 3
+    assert "failed" in r.stdout
+    (run,) = load_runs(tmp_path / "c")
+    assert run["reason"].startswith("exited with code 1: RuntimeError: simulated crash")
