@@ -1,0 +1,230 @@
+"""CPU tests of the short track's training code: shard reading, the BOS-aligned loader, rank sharding,
+the schedules at their boundaries, block masks, YaRN, mantissa split, Polar Express math.
+
+The track is imported by path (it never imports the harness, and the harness never imports it)."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TRACK = Path(__file__).resolve().parents[1] / "tracks" / "short"
+
+
+@pytest.fixture(scope="module")
+def tg():
+    name = "short_train_gpt_cpu"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, TRACK / "train_gpt.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def write_shard(path: Path, tokens, magic=20240520, version=1, count=None):
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = [magic, version, len(tokens) if count is None else count]
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, dtype="<u2").tobytes())
+
+
+def make_docs(rng, n_docs, min_len=5, max_len=400):
+    """Token stream of documents, each BOS followed by tokens != BOS; returns (tokens, doc start offsets)."""
+    out, starts = [], []
+    for _ in range(n_docs):
+        starts.append(len(out))
+        n = int(rng.integers(min_len, max_len))
+        out.append(50256)
+        out.extend(rng.integers(0, 50000, n).tolist())
+    return np.array(out), starts
+
+
+def test_read_shard_checks_header_and_size(tg, tmp_path):
+    good = tmp_path / "good.bin"
+    write_shard(good, [50256, 1, 2, 3])
+    assert tg.read_shard(good).tolist() == [50256, 1, 2, 3]
+    bad_magic = tmp_path / "magic.bin"
+    write_shard(bad_magic, [1, 2], magic=1234)
+    with pytest.raises(ValueError, match="bad header"):
+        tg.read_shard(bad_magic)
+    short = tmp_path / "short.bin"
+    write_shard(short, [1, 2, 3], count=10)
+    with pytest.raises(ValueError, match="header says 10 tokens"):
+        tg.read_shard(short)
+
+
+def test_loader_rows_start_at_bos_and_targets_are_shifted(tg, tmp_path):
+    rng = np.random.default_rng(0)
+    tokens, starts = make_docs(rng, 300)
+    write_shard(tmp_path / "fineweb_train_000001.bin", tokens)
+    loader = tg.BosRowLoader([tmp_path / "fineweb_train_000001.bin"], seq_len=256)
+    x, y = loader.next_batch(4)
+    assert x.shape == (4, 256) and y.shape == (4, 256)
+    assert (x[:, 0] == 50256).all(), "every row starts at a document start"
+    assert torch.equal(x[:, 1:], y[:, :-1]), "targets are inputs shifted by one"
+    # each row is a contiguous slice of the shard starting at a BOS, and rows never overlap
+    offsets = []
+    for row in x.numpy():
+        hits = [s for s in starts if np.array_equal(tokens[s:s + 256], row)]
+        assert len(hits) == 1
+        offsets.append(hits[0])
+    assert all(b >= a + 256 for a, b in zip(offsets, offsets[1:]))
+    # the next row starts at the first BOS at or after the previous row's end
+    assert offsets[1] == min(s for s in starts if s >= offsets[0] + 256)
+
+
+def test_loader_sharding_across_ranks_matches_one_rank(tg, tmp_path):
+    rng = np.random.default_rng(1)
+    tokens, _ = make_docs(rng, 600)
+    f = tmp_path / "fineweb_train_000001.bin"
+    write_shard(f, tokens)
+    single = tg.BosRowLoader([f], 128, rank=0, world_size=1)
+    ranks = [tg.BosRowLoader([f], 128, rank=r, world_size=4) for r in range(4)]
+    for _ in range(3):
+        whole, _ = single.next_batch(8)  # one micro-batch of 4 ranks x 2 rows == 8 rows of one rank
+        parts = [ld.next_batch(2)[0] for ld in ranks]
+        assert torch.equal(torch.cat(parts), whole)
+        assert not torch.equal(parts[0], parts[1])
+
+
+def test_loader_crosses_shards_and_cycles_or_stops(tg, tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    files = []
+    for i in (1, 2):
+        tokens, _ = make_docs(rng, 12, 100, 200)
+        files.append(tmp_path / f"fineweb_train_{i:06d}.bin")
+        write_shard(files[-1], tokens)
+    first_row = tg.BosRowLoader(files, 64).next_batch(1)[0]
+    finite = tg.BosRowLoader(files, 64, cycle=False)
+    with pytest.raises(StopIteration):
+        for _ in range(100):
+            finite.next_batch(1)
+    assert finite.file_index == 1  # it went through the second shard before stopping
+    cycling = tg.BosRowLoader(files, 64, cycle=True)
+    rows = [cycling.next_batch(1)[0] for _ in range(30)]
+    assert cycling.epoch >= 1 and "starting epoch 2" in capsys.readouterr().out
+    assert any(torch.equal(r, first_row) for r in rows[1:]), "after a wrap the first row comes again"
+
+
+def test_find_shards_errors_clearly(tg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="DATA_PATH"):
+        tg.find_shards(str(tmp_path), "train")
+
+
+def test_stage_schedule_boundaries(tg):
+    hp = tg.Hyperparameters()
+    assert hp.num_iterations + hp.extension_iterations == 1575
+    n = hp.num_iterations
+    names = [tg.stage_at(s, hp).name for s in (0, 511, 512, 1023, 1024, 1279, 1280, 1534, 1535, 1574)]
+    # 1535/3 = 511.67: step 511 is still stage 0; 2/3 -> 1023.33; 5/6 -> 1279.17
+    assert names == ["s0", "s0", "s1", "s1", "s2", "s2", "s3", "s3", "ext", "ext"]
+    assert [tg.stage_at(s, hp).batch_tokens for s in (0, 512, 1024, 1535)] == [131072, 262144, 393216, 393216]
+    assert [tg.stage_at(s, hp).windows for s in (0, 512, 1024, 1280, 1535)] == [(1, 3), (3, 7), (5, 11), (6, 13),
+                                                                                  (6, 20)]
+    # batch changes exactly where windows change (seed 003); MTP only early; embedding split at 2/3
+    assert tg.stage_at(1023, hp).tied_head and not tg.stage_at(1024, hp).tied_head
+    assert tg.stage_at(0, hp).mtp_weights[0] == 1.0 and len(tg.stage_at(0, hp).mtp_weights) == 3
+    assert tg.stage_at(1024, hp).mtp_weights == (1.0,)
+    for stage in tg.STAGES + (tg.EXTENSION,):  # every batch splits into whole 2048-token rows per micro-step
+        assert stage.batch_tokens % (hp.total_accumulation * hp.train_seq_len) == 0
+    assert n == 1535
+
+
+def test_schedules_scale_with_num_iterations(tg):
+    hp = tg.read_hyperparameters({"SPEEDRUN_NUM_ITERATIONS": "300", "SPEEDRUN_EXTENSION_ITERATIONS": "6"})
+    assert hp.num_iterations == 300 and hp.extension_iterations == 6
+    assert tg.stage_at(99, hp).name == "s0" and tg.stage_at(100, hp).name == "s1"
+    assert tg.stage_at(200, hp).name == "s2" and tg.stage_at(300, hp).name == "ext"
+    with pytest.raises(ValueError):
+        tg.read_hyperparameters({"SPEEDRUN_VAL_EVERY": "0"})
+
+
+def test_learning_rate_and_momentum_schedules(tg):
+    hp = tg.Hyperparameters()
+    n = hp.num_iterations
+    assert tg.lr_multiplier(0, hp) == 1.0
+    assert tg.lr_multiplier(math.floor(n * 0.5) - 1, hp) == 1.0
+    assert tg.lr_multiplier(n, hp) == pytest.approx(hp.final_lr_frac)
+    assert tg.lr_multiplier(n + 39, hp) == pytest.approx(hp.final_lr_frac)  # held during the extension
+    mid = tg.lr_multiplier(round(n * 0.75), hp)
+    assert mid == pytest.approx(0.55, abs=0.01)
+    lrs = [tg.lr_multiplier(s, hp) for s in range(n + 40)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])), "never increases"
+    assert tg.muon_momentum(0, hp) == pytest.approx(0.85)
+    assert tg.muon_momentum(300, hp) == pytest.approx(0.95)
+    assert tg.muon_momentum(150, hp) == pytest.approx(0.90)
+
+
+def test_block_mask_matches_dense_mask(tg):
+    from torch.nn.attention.flex_attention import create_block_mask
+    inp = torch.randint(0, 50000, (2, 512))
+    inp[:, 0] = 50256
+    inp[0, 129] = 50256
+    inp[1, 400] = 50256
+    docs = tg.document_ids(inp)
+    for paired in (False, True):
+        for w in (1, 3):
+            L = 1024 if paired else 512
+            mine = tg.sliding_window_block_mask(docs, torch.tensor(w * 128), paired)
+
+            def mm(b, h, q, k):
+                qt, kt = (q // 2, k // 2) if paired else (q, k)
+                return (kt <= qt) & (qt - kt < w * 128) & (docs[b, qt] == docs[b, kt])
+
+            ref = create_block_mask(mm, 2, None, L, L, device="cpu")
+            # same blocks visited, same blocks marked full (no mask evaluation)
+            assert torch.equal(mine.to_dense() > 0, ref.to_dense() > 0), (paired, w)
+            assert torch.equal(mine.full_kv_num_blocks, ref.full_kv_num_blocks), (paired, w)
+            # and the element mask is the intended one
+            q = torch.arange(L)
+            assert torch.equal(mine.mask_mod(torch.tensor(0), 0, q[:, None], q[None, :]),
+                               mm(torch.tensor(0), 0, q[:, None], q[None, :]))
+
+
+def test_yarn_keeps_fast_and_stretches_slow_frequencies(tg):
+    r = tg.Rotary(128, 512)
+    before = r.freq.clone()
+    r.apply_yarn(3, 7)
+    s = 7 / 3
+    assert torch.equal(r.freq[32:], before[32:]) and (r.freq[32:] == 0).all(), "stationary dims stay still"
+    assert r.freq[0] == before[0], "fast dimensions keep their frequency"
+    assert r.freq[31] == pytest.approx(before[31].item() / s), "slow dimensions are interpolated"
+    assert r.mscale.item() == pytest.approx(0.1 * math.log(s) + 1)
+    r.reset()
+    assert torch.equal(r.freq, before) and r.mscale.item() == 1.0
+
+
+def test_mantissa_split_is_exact(tg):
+    x = torch.randn(1000) * torch.logspace(-8, 8, 1000)
+    w, m = tg.split_float32(x)
+    assert w.dtype == torch.bfloat16 and m.dtype == torch.int16
+    assert torch.equal(tg.join_float32(w, m), x)
+    assert ((w.float() - x).abs() <= x.abs() * 2 ** -7).all(), "bf16 part is the truncated value"
+
+
+def test_polar_express_orthogonalizes_in_float(tg):
+    g = torch.randn(2, 64, 256)
+    x = tg.polar_express(g, use_triton=False).float()
+    s = torch.linalg.svdvals(x)
+    assert s.min() > 0.6 and s.max() < 1.25
+
+
+def test_model_forward_small_cpu(tg):
+    torch.manual_seed(0)
+    cfg = tg.ModelConfig(num_layers=4, model_dim=64, num_heads=2, head_dim=32, no_attention_layers=(2,),
+                         long_window_layers=(3,), paired_head_layers=(0,), value_embed_layers=(0, 3),
+                         bigram_buckets=1000, use_fp8_head=False, use_triton=False)
+    model = tg.GPT(cfg, max_seq_len=256)
+    inp = torch.randint(0, 50000, (2, 256))
+    inp[:, 0] = 50256
+    with torch.no_grad():
+        loss, nxt = model(inp, torch.randint(0, 50000, (2, 256)), torch.tensor([1, 2]), (1.0, 0.5))
+    assert nxt.item() == pytest.approx(math.log(50304), abs=0.1)
+    assert loss.item() > nxt.item()  # MTP adds the weighted next-but-one loss
+    assert model.attn[2] is None  # the MLP-only layer
