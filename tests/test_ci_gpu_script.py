@@ -124,3 +124,17 @@ def test_without_nvidia_smi_or_ci_nproc_it_stops_with_one_line(checkout):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: nvidia-smi not found")
     assert calls == []
+
+
+def test_gpu_workflow_runs_ci_gpu_on_h100_runners_and_uploads_results():
+    text = (REPO / ".github" / "workflows" / "gpu.yml").read_text()
+    assert "runs-on: [self-hosted, linux, x64, h100]" in text
+    assert "nix run --accept-flake-config .#ci-gpu" in text and "make ci-gpu" in text
+    upload = text[text.index("actions/upload-artifact"):]
+    assert "path: results/" in upload and "if: always()" in text[text.index("Upload results"):]
+
+
+def test_cpu_workflow_runs_make_test_with_nix_installed():
+    text = (REPO / ".github" / "workflows" / "cpu.yml").read_text()
+    assert "apt-get install -y -qq nix-bin" in text
+    assert text.rstrip().endswith("make test")
