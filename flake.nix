@@ -50,7 +50,7 @@
       # An app: expose the host's NVIDIA driver (non-NixOS hosts), find the checkout, run the harness.
       # driver: "required" (GPU tracks: no driver is an error) or "optional".
       # fallback: a folder to use when not started inside a checkout ("" for none).
-      mkApp = { name, driver, fallback ? "", body }:
+      mkApp = { name, description, driver, fallback ? "", body }:
         let
           script = pkgs.writeShellApplication {
             name = "speedrun-${name}";
@@ -69,7 +69,7 @@
             '';
           };
         in
-        { type = "app"; program = "${script}/bin/speedrun-${name}"; };
+        { type = "app"; program = "${script}/bin/speedrun-${name}"; meta.description = description; };
 
       harnessCommand = args: ''exec ${pythonEnv}/bin/python -m harness ${pkgs.lib.escapeShellArgs args} "$@"'';
 
@@ -78,6 +78,7 @@
           inherit name;
           value = mkApp {
             inherit name;
+            description = "speedrun run ${name}: a campaign of the ${name} track";
             driver = if tracks.usesGpu name then "required" else "optional";
             body = harnessCommand [ "run" name ];
           };
@@ -97,12 +98,14 @@
       apps.${system} = trackApps // rec {
         verify-record = mkApp {
           name = "verify-record";
+          description = "speedrun verify PATH: recompute a record's claims from its logs";
           driver = "optional";
           fallback = "${src}";
           body = harnessCommand [ "verify" ];
         };
         speedrun = mkApp {
           name = "speedrun";
+          description = "speedrun: the harness CLI";
           driver = "optional";
           body = harnessCommand [ ];
         };
@@ -110,6 +113,7 @@
         # GPU tests with kernel benchmarks, then a short smoke campaign of the short track.
         ci-gpu = mkApp {
           name = "ci-gpu";
+          description = "GPU CI: GPU tests, kernel benchmarks, smoke campaign of the short track";
           driver = "required";
           body = ''
             cd "$root"
