@@ -28,7 +28,19 @@ CUDA_CACHE = "https://cache.nixos-cuda.org"
 CUDA_CACHE_KEY = "cache.nixos-cuda.org:74DUi4Ye579gUqzH4ziL9IyiJBlDpMRn9MBN8oNan9M="
 NEW_TRACK = "zz-new-track"  # added to the copy: a new folder under tracks/ must become an app by itself
 
-pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="nix not installed (apt-get install nix-bin)")
+
+
+def _nix_unusable() -> str | None:
+    """Why Nix cannot build here, or None. Root (CI) owns the single-user store; others need the daemon."""
+    if shutil.which("nix") is None:
+        return "nix not installed (apt-get install nix-bin)"
+    store_writable = os.access("/nix/store", os.W_OK) or (not Path("/nix/store").exists() and os.geteuid() == 0)
+    if not store_writable and not Path("/nix/var/nix/daemon-socket/socket").exists():
+        return "nix installed, but /nix/store is not writable here and no nix-daemon runs (run as root)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_nix_unusable() is not None, reason=str(_nix_unusable()))
 
 NIX_CONFIG = "\n".join([
     "experimental-features = nix-command flakes",
