@@ -14,85 +14,103 @@ from collections import Counter
 # robust z of 3.5 (MAD-based) and 1% of the median (1% clock is about 1% step time on a compute-bound run).
 ROBUST_Z = 3.5
 MIN_REL_CLOCK_DEV = 0.01
-# Power-cap time (as a fraction of the timed window) this much above the campaign's median counts as more.
+# Power-cap time (a fraction of the timed window) must exceed the campaign's median by at least this much.
 POWER_CAP_FRACTION_DEV = 0.10
-MIN_RUNS_FOR_CLOCK_OUTLIERS = 3
+MIN_RUNS_FOR_OUTLIERS = 3  # with fewer runs there is no 'usual' to stand out from
 
 
 def _fraction(summary: dict, reason: str) -> float:
-    w = summary.get("window")
-    span = (w[1] - w[0]) if w else None
-    if not span or span <= 0:
-        covered = [g.get("covered_s") or 0 for g in summary.get("per_gpu", {}).values()]
-        span = max(covered, default=0)
-    if not span:
+    """Share of the sampled part of the timed window spent under a throttle reason (worst GPU)."""
+    covered = max((g.get("covered_s") or 0.0 for g in (summary.get("per_gpu") or {}).values()), default=0.0)
+    if not covered:
         return 0.0
-    return float((summary.get("throttle_s") or {}).get(reason) or 0.0) / span
+    return min(1.0, _throttle(summary, reason) / covered)
 
 
-def _robust_outlier(x: float, values: list[float]) -> bool:
+def _robust_outlier(x: float, values: list[float], min_dev: float) -> bool:
+    """x is further from the median of values than a robust z of ROBUST_Z (MAD-based) and min_dev."""
     med = statistics.median(values)
     mad = statistics.median([abs(v - med) for v in values])
-    return abs(x - med) > max(ROBUST_Z * 1.4826 * mad, MIN_REL_CLOCK_DEV * abs(med))
+    return abs(x - med) > max(ROBUST_Z * 1.4826 * mad, min_dev)
 
 
 def _gpu_key(s: dict) -> tuple:
     return tuple(s.get("gpu_names") or ())
 
 
+def _throttle(s: dict, *keys: str) -> float:
+    th = s.get("throttle_s") or {}
+    return sum(float(th.get(k) or 0.0) for k in keys)
+
+
 def campaign_outliers(run_summaries: list[tuple[str, dict]]) -> list[str]:
-    """Lines naming runs whose GPU behaved unlike the campaign's other runs, each with its likely cause."""
+    """Lines naming runs whose GPU behaved unlike the campaign's other runs, each with its likely cause.
+
+    A run is named when its mean SM clock or its power-cap time is an outlier among the campaign's runs
+    (robust z over the median absolute deviation, and at least 1% of clock / 10% of the window), when it
+    ran on a different GPU model, units or power limit than most runs, when it spent any time in thermal or
+    hardware slowdown (never normal in a datacenter), or when its sampler died.
+    """
     runs = [(label, s) for label, s in run_summaries if s]
     lines: list[str] = []
     if not runs:
         return lines
-    # The campaign's usual GPU model and power limit: the most common ones.
-    usual_gpu = Counter(_gpu_key(s) for _, s in runs).most_common(1)[0][0]
-    usual_limit = Counter(tuple(s.get("power_limits_w") or ()) for _, s in runs).most_common(1)[0][0]
-    usual_uuids = Counter(tuple(s.get("gpu_uuids") or ()) for _, s in runs).most_common(1)[0][0]
+
+    def most_common(key):
+        return Counter(key(s) for _, s in runs).most_common(1)[0][0]
+
+    usual_gpu = most_common(_gpu_key)
+    usual_limit = most_common(lambda s: tuple(s.get("power_limits_w") or ()))
+    usual_uuids = most_common(lambda s: tuple(s.get("gpu_uuids") or ()))
     clocks = [s["sm_clock_mean_mhz"] for _, s in runs if s.get("sm_clock_mean_mhz") is not None]
-    cap_fracs = [_fraction(s, "sw_power_cap") for _, s in runs]
-    med_cap = statistics.median(cap_fracs)
+    med_clock = statistics.median(clocks) if clocks else None
+    caps = {label: _fraction(s, "sw_power_cap") for label, s in runs}
+    med_cap = statistics.median(caps.values())
     temps = [s["peak_temp_c"] for _, s in runs if s.get("peak_temp_c") is not None]
     med_temp = statistics.median(temps) if temps else None
+    enough = len(runs) >= MIN_RUNS_FOR_OUTLIERS
 
-    for (label, s), cap in zip(runs, cap_fracs):
+    for label, s in runs:
         causes: list[str] = []
         if _gpu_key(s) != usual_gpu:
             causes.append(f"a different GPU ({', '.join(s.get('gpu_names') or ['unknown'])} "
-                          f"vs {', '.join(usual_gpu) or 'unknown'})")
+                          f"vs {', '.join(usual_gpu) or 'unknown'} in most runs)")
         elif usual_uuids and tuple(s.get("gpu_uuids") or ()) != usual_uuids:
-            causes.append("different GPU units than the other runs (UUIDs differ)")
+            causes.append("different GPU units than most runs (UUIDs differ)")
         if tuple(s.get("power_limits_w") or ()) != usual_limit:
             causes.append(f"a different power limit ({_join_w(s.get('power_limits_w'))} vs {_join_w(usual_limit)})")
-        thermal = sum(float(s.get("throttle_s", {}).get(k) or 0) for k in ("sw_thermal", "hw_thermal"))
+        thermal = _throttle(s, "sw_thermal", "hw_thermal")
         if thermal > 0:
             causes.append(f"thermal slowdown for {thermal:.1f} s (peak {s.get('peak_temp_c')} °C)")
-        hw = sum(float(s.get("throttle_s", {}).get(k) or 0) for k in ("hw_slowdown", "hw_power_brake"))
+        hw = _throttle(s, "hw_slowdown", "hw_power_brake")
         if hw > 0:
             causes.append(f"hardware slowdown / power brake for {hw:.1f} s (power supply or board signal)")
-        if cap - med_cap > POWER_CAP_FRACTION_DEV:
+        cap = caps[label]
+        cap_outlier = enough and cap > med_cap and _robust_outlier(cap, list(caps.values()), POWER_CAP_FRACTION_DEV)
+        if cap_outlier:
             causes.append(f"power cap for {cap:.0%} of the timed window (campaign median {med_cap:.0%})")
 
         clock = s.get("sm_clock_mean_mhz")
-        slow = fast = False
-        if clock is not None and len(clocks) >= MIN_RUNS_FOR_CLOCK_OUTLIERS and _robust_outlier(clock, clocks):
-            med = statistics.median(clocks)
-            slow, fast = clock < med, clock > med
-            head = f"run {label}: mean SM clock {clock:.0f} MHz vs campaign median {med:.0f} MHz"
-        else:
-            head = f"run {label}:"
-        if slow and not causes:
-            if med_temp is not None and s.get("peak_temp_c") is not None and s["peak_temp_c"] >= med_temp + 10:
+        clock_outlier = (enough and clock is not None and len(clocks) >= MIN_RUNS_FOR_OUTLIERS
+                         and _robust_outlier(clock, clocks, MIN_REL_CLOCK_DEV * med_clock))
+        if clock_outlier and not causes:
+            if clock > med_clock:
+                causes.append("less throttled than the other runs (a lighter load, or a cooler GPU)")
+            elif cap >= 0.5 and cap >= med_cap:
+                causes.append(f"power cap: at its power limit for {cap:.0%} of the window (campaign median "
+                              f"{med_cap:.0%}), so this GPU or load draws more power per clock")
+            elif med_temp is not None and s.get("peak_temp_c") is not None and s["peak_temp_c"] >= med_temp + 10:
                 causes.append(f"a hotter GPU (peak {s['peak_temp_c']:.0f} °C vs median {med_temp:.0f} °C)")
             else:
                 causes.append("cause unknown: no throttle reason recorded")
-        if fast and not causes:
-            causes.append("faster clock than the other runs: less power-capped (lighter load or cooler GPU?)")
         if s.get("sampler_died"):
-            causes.append(f"telemetry incomplete: {s.get('sampler_note') or 'sampler died'}")
-        if causes:
-            lines.append(f"{head} {'; '.join(causes)}" if head.endswith(":") else f"{head}: likely {'; '.join(causes)}")
+            causes.append(f"telemetry incomplete ({s.get('sampler_note') or 'sampler died'})")
+        if not causes:
+            continue
+        head = f"run {label}"
+        if clock_outlier:
+            head += f": mean SM clock {clock:.0f} MHz vs campaign median {med_clock:.0f} MHz; likely"
+        lines.append(f"{head}: {'; '.join(causes)}" if not clock_outlier else f"{head} {'; '.join(causes)}")
     return lines
 
 
@@ -120,7 +138,6 @@ def telemetry_markdown(run_summaries: list[tuple[str, dict]]) -> str:
     out.append("| run | SM clock mean / p5 / min (MHz) | power cap (s) | thermal (s) | HW slowdown (s) "
                "| energy (kJ) | peak power (W) | peak temp (°C) | sampler |")
     out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    by_label = dict(run_summaries)
     for label, s in run_summaries:
         if not s:
             out.append(f"| {label} | no telemetry | | | | | | | |")
@@ -129,6 +146,7 @@ def telemetry_markdown(run_summaries: list[tuple[str, dict]]) -> str:
         thermal = float(th.get("sw_thermal") or 0) + float(th.get("hw_thermal") or 0)
         hw = float(th.get("hw_slowdown") or 0) + float(th.get("hw_power_brake") or 0)
         energy = s.get("energy_j")
+        partial = (s.get("window_coverage") or 1.0) < 0.95
         if s.get("sampler_died"):
             health = f"died: {s.get('sampler_note')}"
         else:
@@ -138,10 +156,10 @@ def telemetry_markdown(run_summaries: list[tuple[str, dict]]) -> str:
         out.append(
             f"| {label} | {_f(s.get('sm_clock_mean_mhz'))} / {_f(s.get('sm_clock_p5_mhz'))} / "
             f"{_f(s.get('sm_clock_min_mhz'))} | {_f(th.get('sw_power_cap'), '{:.1f}')} | {thermal:.1f} | {hw:.1f} "
-            f"| {_f(energy / 1000 if energy is not None else None, '{:.1f}')} | {_f(s.get('peak_power_w'))} "
+            f"| {_f(energy / 1000 if energy is not None else None, '{:.1f}')}{' (partial)' if partial else ''} "
+            f"| {_f(s.get('peak_power_w'))} "
             f"| {_f(s.get('peak_temp_c'))} | {health} |"
         )
-    del by_label
     out.append("")
     lines = campaign_outliers(run_summaries)
     if lines:

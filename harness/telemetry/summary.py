@@ -188,8 +188,11 @@ def _gpu_summary(tr: Trace, g: int, window: tuple[float, float] | None, period: 
     reasons = s["reasons"]
     known = ~np.isnan(reasons)
     bits = np.where(known, reasons, 0).astype(np.int64)
-    out["throttle_s"] = {name: _round(w[known & ((bits & bit) != 0)].sum(), 2)
-                         for name, bit in THROTTLE_REASONS.items()}
+    if known.any():
+        out["throttle_s"] = {name: _round(w[known & ((bits & bit) != 0)].sum(), 2)
+                             for name, bit in THROTTLE_REASONS.items()}
+    else:  # this GPU/driver does not report reasons: unknown, not zero
+        out["throttle_s"] = {name: None for name in THROTTLE_REASONS}
     out["covered_s"] = _round(w.sum(), 2)
     out["window_s"] = _round(hi - lo, 2)
 
@@ -199,7 +202,8 @@ def _gpu_summary(tr: Trace, g: int, window: tuple[float, float] | None, period: 
     out["mean_power_w"] = _round(np.nanmean(p_in)) if np.any(~np.isnan(p_in)) else None
     tc = s["temp_c"][inside]
     out["peak_temp_c"] = _round(np.nanmax(tc), 0) if np.any(~np.isnan(tc)) else None
-    # Energy by integrating the sampled power (a cross-check of the counter, and a fallback).
+    # Energy by integrating the sampled power: a cross-check of the counter over a whole trace only, since
+    # NVML's power reading is a ~1 s running average on H100 (it lags a load step; see fixtures README).
     ok = ~np.isnan(pw)
     out["power_integral_j"] = _round(float((pw[ok] * w[ok]).sum()), 1) if ok.any() else None
 
@@ -280,8 +284,9 @@ def summarize_run(run_dir: Path, timed_window: tuple[float, float] | None) -> di
     out["sm_clock_mean_mhz"] = _round(np.mean(means)) if means else None
     out["sm_clock_p5_mhz"] = min(collect("sm_clock_p5_mhz"), default=None)
     out["sm_clock_min_mhz"] = min(collect("sm_clock_min_mhz"), default=None)
-    out["throttle_s"] = {name: max((v["throttle_s"][name] for v in per_gpu.values() if "throttle_s" in v),
-                                   default=0.0) for name in THROTTLE_REASONS}
+    out["throttle_s"] = {name: max((v["throttle_s"][name] for v in per_gpu.values()
+                                    if v.get("throttle_s", {}).get(name) is not None), default=None)
+                         for name in THROTTLE_REASONS}
     energies = collect("energy_j")
     out["energy_j"] = _round(sum(energies), 1) if energies and len(energies) == len(per_gpu) else None
     integrals = collect("power_integral_j")

@@ -45,14 +45,20 @@ def test_sampler_sees_power_and_clock_move_under_load(load_trace):
     assert busy["util_mean_pct"] > 80 and quiet["util_mean_pct"] < 20
     # Under a sustained GEMM the SM clock leaves its idle value (H100: power cap pulls it to 1.2-1.5 GHz).
     assert busy["sm_clock_mean_mhz"] != pytest.approx(quiet["sm_clock_mean_mhz"], abs=20)
-    assert busy["throttle_s"]["idle"] < 0.5 and quiet["throttle_s"]["idle"] > 0.5
+    # A sustained GEMM holds an H100 at its power cap (DESIGN.md): the SW power-cap reason most of the time.
+    assert busy["throttle_s"]["sw_power_cap"] > 0.5 * busy["window_s"]
+    assert busy["throttle_s"]["idle"] < 0.5
 
 
 def test_energy_counter_agrees_with_power_integral(load_trace):
     run_dir, load, _ = load_trace
     s = summarize_run(run_dir, load)["per_gpu"]["0"]
-    assert s["energy_j"] > 500  # 5 s at hundreds of W
-    assert s["power_integral_j"] == pytest.approx(s["energy_j"], rel=0.05)
+    assert s["energy_j"] > 500 * (load[1] - load[0])  # at least 500 W while the GEMMs ran
+    # NVML's power reading is a ~1 s running average: over the load window alone its integral lags the
+    # counter, but over the whole trace (idle -> load -> idle) the lag cancels and the two must agree.
+    whole = summarize_run(run_dir, None)["per_gpu"]["0"]
+    assert whole["power_integral_j"] == pytest.approx(whole["energy_j"], rel=0.03)
+    assert s["power_integral_j"] < s["energy_j"]  # the lag at the load step, as recorded in the fixtures
 
 
 def test_clean_stop_takes_final_energy_reading(load_trace):

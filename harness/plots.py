@@ -1,0 +1,147 @@
+"""Campaign plots (PNG, matplotlib): what the GPUs did during each run, and every run's val-loss curve.
+
+    plots/clocks_power.png  SM clock and power over time, one panel per run, the timed window shaded
+    plots/val_loss.png      val loss against step, one line per run, the track's target dashed
+
+A plot is a convenience: a run with a malformed run.json or no telemetry is left out, never fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from harness.fsio import write_bytes_atomic
+from harness.telemetry.summary import load_trace
+
+
+def _run_dirs(campaign_dir: Path) -> list[Path]:
+    runs = [p for p in (campaign_dir / "runs").glob("*") if p.is_dir()]
+    return sorted(runs, key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
+
+
+def _read_run_json(run_dir: Path) -> dict:
+    try:
+        data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _label(run_dir: Path, run: dict) -> str:
+    label = run.get("label") or run.get("name")
+    return f"{run_dir.name}: {label}" if label and str(label) != run_dir.name else f"run {run_dir.name}"
+
+
+def _target(campaign_dir: Path) -> float | None:
+    try:
+        c = json.loads((campaign_dir / "campaign.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for v in (c.get("target"), (c.get("track") or {}).get("target") if isinstance(c.get("track"), dict) else None):
+        if isinstance(v, (int, float)):
+            return float(v)
+    return None
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def plot_clocks_power(campaign_dir: Path, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for run_dir in _run_dirs(campaign_dir):
+        trace = load_trace(run_dir)
+        if trace is None or len(trace.cols["t_unix"]) == 0:
+            continue
+        run = _read_run_json(run_dir)
+        panels.append((run_dir, run, trace))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.0 + 2.0 * len(panels)), squeeze=False)
+    for ax, (run_dir, run, trace) in zip(axes[:, 0], panels):
+        t0 = float(trace.cols["t_unix"].min())
+        ax2 = ax.twinx()
+        for g in trace.gpus:
+            s = trace.gpu(g)
+            t = s["t_unix"] - t0
+            ax.plot(t, s["sm_mhz"], color="tab:blue", lw=1.0, alpha=0.8, label="SM clock" if g == trace.gpus[0] else None)
+            ax2.plot(t, s["power_w"], color="tab:red", lw=1.0, alpha=0.6, label="power" if g == trace.gpus[0] else None)
+        window = run.get("timed_window_unix")
+        if isinstance(window, list) and len(window) == 2 and all(isinstance(x, (int, float)) for x in window):
+            ax.axvspan(window[0] - t0, window[1] - t0, color="tab:green", alpha=0.12, label="timed window")
+        limits = [d.get("power_limit_w") for d in trace.meta.get("devices", []) if d.get("power_limit_w")]
+        if limits:
+            ax2.axhline(max(limits), color="tab:red", ls=":", lw=0.8)
+        ax.set_ylabel("SM clock (MHz)", color="tab:blue")
+        ax2.set_ylabel("power (W)", color="tab:red")
+        sm = trace.cols["sm_mhz"]
+        ax.set_ylim(0, max(2100.0, float(np.nanmax(sm)) * 1.05 if np.any(~np.isnan(sm)) else 0.0))
+        ax2.set_ylim(0, max(750, (max(limits) if limits else 0) * 1.08))
+        n = len(trace.gpus)
+        ax.set_title(f"{_label(run_dir, run)} ({n} GPU{'s' if n > 1 else ''})", fontsize=9, loc="left")
+        ax.set_xlabel("seconds since the sampler started", fontsize=8)
+        if ax is axes[0, 0]:
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = ax2.get_legend_handles_labels()
+            ax.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=7, ncol=3)
+    fig.suptitle("SM clock and power per run (shaded: timed window; dotted: power limit)", fontsize=10)
+    fig.tight_layout()
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
+
+
+def plot_val_loss(campaign_dir: Path, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for run_dir in _run_dirs(campaign_dir):
+        run = _read_run_json(run_dir)
+        curve = run.get("val_curve")
+        if not isinstance(curve, list):
+            continue
+        pts = [(float(p[0]), float(p[1])) for p in curve
+               if isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p)]
+        if pts:
+            curves.append((_label(run_dir, run), pts))
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, pts in curves:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.0, ms=4, label=label)
+    target = _target(campaign_dir)
+    if target is not None:
+        ax.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target:g}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1)
+    ax.set_title(f"val loss of {len(curves)} run{'s' if len(curves) > 1 else ''}")
+    fig.tight_layout()
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
+
+
+def make_campaign_plots(campaign_dir: Path) -> list[Path]:
+    """Write the campaign's PNGs into campaign_dir/plots/; returns the paths written."""
+    campaign_dir = Path(campaign_dir)
+    plots = campaign_dir / "plots"
+    written = [plot_clocks_power(campaign_dir, plots / "clocks_power.png"),
+               plot_val_loss(campaign_dir, plots / "val_loss.png")]
+    return [p for p in written if p is not None]
