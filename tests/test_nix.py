@@ -27,6 +27,7 @@ SYSTEM = "x86_64-linux"
 CUDA_CACHE = "https://cache.nixos-cuda.org"
 CUDA_CACHE_KEY = "cache.nixos-cuda.org:74DUi4Ye579gUqzH4ziL9IyiJBlDpMRn9MBN8oNan9M="
 NEW_TRACK = "zz-new-track"  # added to the copy: a new folder under tracks/ must become an app by itself
+NEW_CPU_TRACK = "zz-new-cpu-track"  # added too, with uses_gpu = false (like tiny)
 
 
 
@@ -90,6 +91,10 @@ def flake(tmp_path_factory) -> Path:
     (new / "track.toml").write_text(
         f'name = "{NEW_TRACK}"\nscript = "train_gpt.py"\nnproc = 8\ntarget = 3.28\n'
         f'[pins]\ndriver = "{pins[0] if pins else "580.159.04"}"\n')
+    cpu = dst / "tracks" / NEW_CPU_TRACK
+    cpu.mkdir()
+    (cpu / "track.toml").write_text(
+        f'name = "{NEW_CPU_TRACK}"\nscript = "train_gpt.py"\nnproc = 1\ntarget = 5.0\nuses_gpu = false\n')
     (dst / "tracks" / "not-a-track").mkdir()  # a folder without track.toml is not an app
     return dst
 
@@ -229,7 +234,7 @@ def test_flake_check_passes(flake, nix_env):
 def test_apps_follow_the_tracks_folder(flake, nix_env):
     apps = nix_eval_json(flake, f"apps.{SYSTEM}", nix_env, apply="builtins.attrNames")
     tracks = sorted(p.parent.name for p in (flake / "tracks").glob("*/track.toml"))
-    assert NEW_TRACK in tracks and "not-a-track" not in apps
+    assert NEW_TRACK in tracks and NEW_CPU_TRACK in tracks and "not-a-track" not in apps
     assert sorted(apps) == sorted(tracks + ["verify-record", "ci-gpu", "speedrun", "default"])
     for app in apps:
         entry = nix_eval_json(flake, f"apps.{SYSTEM}.{app}", nix_env)
@@ -289,11 +294,10 @@ def test_gpu_track_without_driver_stops_with_one_line(flake, nix_env, tmp_path):
 
 
 def test_cpu_track_runs_without_driver(flake, nix_env, tmp_path):
-    cpu_tracks = [p.parent.name for p in (flake / "tracks").glob("*/track.toml")
-                  if tomllib.loads(p.read_text()).get("uses_gpu", True) is False]
-    if not cpu_tracks:
-        pytest.skip("no track with uses_gpu = false yet")
-    name = cpu_tracks[0]
+    cpu_tracks = sorted(p.parent.name for p in (flake / "tracks").glob("*/track.toml")
+                        if tomllib.loads(p.read_text()).get("uses_gpu", True) is False)
+    assert NEW_CPU_TRACK in cpu_tracks
+    name = cpu_tracks[0]  # tiny, once it lands
     proc, calls = run_app(flake, name, ["--runs", "2"], nix_env, tmp_path, flake)
     assert proc.returncode == 0, proc.stderr
     assert calls[0]["argv"] == ["-m", "harness", "run", name, "--runs", "2"]
