@@ -179,7 +179,7 @@ def looks_like_log(text: str) -> bool:
     return _ANY_STEP_RE.search(text) is not None
 
 
-def _line_offsets(text: str, lines: list[str]) -> list[int]:
+def _line_offsets(lines: list[str]) -> list[int]:
     offsets, pos = [], 0
     for line in lines:
         offsets.append(pos)
@@ -207,7 +207,7 @@ def _split_layout(text: str, lines: list[str]) -> tuple[str | None, int, int, in
         header_end = next((i for i in range(opening + 1, len(lines)) if _STEP_RE.match(lines[i])), len(lines))
         body_start = header_end
 
-    offsets = _line_offsets(text, lines)
+    offsets = _line_offsets(lines)
     if seps[0] == 0 and opening > 0:
         # 2024 layout: the source sits between the first separator and the header's; f.write(code) added
         # nothing, so the text in between is the source exactly.
