@@ -135,8 +135,8 @@ PIN_KEYS = {
 
 
 def version_matches(actual: str, pinned: str) -> bool:
-    """A pin "2.11.0" matches "2.11.0" and local builds "2.11.0+cu130"; "12.8" matches "12.8.1"? No:
-    versions match exactly, up to a local suffix after "+" (the build tag), so a pin means one release."""
+    """Versions match exactly, except that a local build tag after "+" is ignored: a pin "2.11.0" matches
+    "2.11.0+cu130" (the tag is the CUDA build, pinned separately as `cuda`), but not "2.11.1"."""
     a, p = str(actual).strip(), str(pinned).strip()
     return a == p or a.split("+", 1)[0] == p
 
