@@ -1,0 +1,282 @@
+"""`speedrun compare BASELINE CANDIDATE`: both on this node, in one campaign, interleaved A B B A ...
+
+Why: nodes differ by about a second (seed 003: "appears I got a slightly slower machine this time"), so a
+new record is argued against the previous record re-timed on the same machine (seed 001). Interleaving in
+balanced A B B A blocks makes a linear drift of the node (warming up, a neighbour's load) cancel exactly
+within every block of four runs, and each A/B pair gives a time difference measured minutes apart.
+
+What the comparison reports (fixed-N, whatever the stopping rule was):
+  * time: candidate - baseline, Welch's unequal-variance t interval (99%) and the one-sided Welch test
+    that the candidate is faster (scipy.stats.ttest_ind(equal_var=False, alternative="less"));
+  * loss: the same for the final validation loss (the candidate's own block tests it against the target);
+  * telemetry, where it exists: whether SM clocks or throttling differed between the two arms;
+  * with --until-significant: the anytime-valid sequential line (harness.sequential) for the time gain,
+    computed on the per-pair differences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+
+from harness.errors import HarnessError
+
+BASELINE = "baseline"
+CANDIDATE = "candidate"
+CONFIDENCE = 0.99  # matches the record rule's alpha = 0.01
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The schedule
+
+
+def balanced_order(runs_per_arm: int, first: str = BASELINE, second: str = CANDIDATE) -> list[str]:
+    """A B B A A B B A ...: runs_per_arm of each, every consecutive pair (0,1), (2,3), ... holds one of each.
+
+    Within each block of four (A B B A) the mean position of A equals that of B, so a drift that is linear
+    in time adds the same to both arms' means; with an odd number of pairs the last pair is A B.
+    """
+    if runs_per_arm < 1:
+        raise HarnessError(f"--runs must be at least 1, got {runs_per_arm}")
+    order: list[str] = []
+    for pair in range(runs_per_arm):
+        order += [first, second] if pair % 2 == 0 else [second, first]
+    return order
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+@dataclass
+class Difference:
+    """candidate - baseline, with Welch's t interval and one-sided test of `candidate lower`."""
+
+    n_baseline: int
+    n_candidate: int
+    mean_baseline: float
+    mean_candidate: float
+    std_baseline: float
+    std_candidate: float
+    diff: float  # mean_candidate - mean_baseline (negative: the candidate is lower / faster)
+    se: float
+    df: float
+    ci_low: float
+    ci_high: float
+    p_lower: float  # one-sided Welch p-value that the candidate's mean is lower
+    confidence: float = CONFIDENCE
+
+
+def welch_difference(baseline: list[float], candidate: list[float], confidence: float = CONFIDENCE) -> Difference | None:
+    """Welch's t on candidate - baseline; None when either arm has fewer than 2 values (no spread)."""
+    a = np.asarray(baseline, dtype=float)
+    b = np.asarray(candidate, dtype=float)
+    if a.size < 2 or b.size < 2:
+        return None
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    diff = float(b.mean() - a.mean())
+    if se == 0:
+        # Identical values within each arm: the difference is exact.
+        p = 0.0 if diff < 0 else 1.0
+        return Difference(a.size, b.size, float(a.mean()), float(b.mean()), 0.0, 0.0, diff, 0.0, math.inf,
+                          diff, diff, p, confidence)
+    # Welch-Satterthwaite degrees of freedom.
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    t = diff / se
+    q = scipy.stats.t.ppf(0.5 + confidence / 2, df)
+    return Difference(
+        n_baseline=int(a.size),
+        n_candidate=int(b.size),
+        mean_baseline=float(a.mean()),
+        mean_candidate=float(b.mean()),
+        std_baseline=float(a.std(ddof=1)),
+        std_candidate=float(b.std(ddof=1)),
+        diff=diff,
+        se=se,
+        df=float(df),
+        ci_low=diff - q * se,
+        ci_high=diff + q * se,
+        p_lower=float(scipy.stats.t.cdf(t, df)),
+        confidence=confidence,
+    )
+
+
+def pair_differences(runs: list[dict], key: str = "train_time_s") -> list[float]:
+    """candidate - baseline for every complete A/B pair of the schedule (runs 2j and 2j+1), in order."""
+    by_index = {r["index"]: r for r in runs}
+    out = []
+    for j in range(0, (max(by_index) + 1) if by_index else 0, 2):
+        pair = [by_index.get(j), by_index.get(j + 1)]
+        if any(r is None or r.get("status") != "ok" or r.get(key) is None for r in pair):
+            continue
+        arms = {r["arm"]: float(r[key]) for r in pair}
+        if set(arms) == {BASELINE, CANDIDATE}:
+            out.append(arms[CANDIDATE] - arms[BASELINE])
+    return out
+
+
+def arm_values(runs: list[dict], arm: str, key: str) -> list[float]:
+    return [float(r[key]) for r in runs if r.get("arm") == arm and r.get("status") == "ok" and r.get(key) is not None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Telemetry: did the node behave the same for both arms?
+
+CLOCK_DIFF_FRACTION = 0.01  # a mean SM clock differing by more than 1% between arms is reported as different
+THROTTLE_DIFF_FRACTION = 0.05  # so is a share of the timed window under a throttle reason differing by 5 points
+THROTTLE_REASONS_SHOWN = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
+
+
+def _throttle_fraction(summary: dict) -> float | None:
+    """Share of the timed window during which any non-idle throttle reason was set (worst single reason)."""
+    window = summary.get("window")
+    seconds = summary.get("throttle_s") or {}
+    if not window or window[1] <= window[0] or not seconds:
+        return None
+    worst = max(float(seconds.get(r) or 0.0) for r in THROTTLE_REASONS_SHOWN)
+    return worst / (window[1] - window[0])
+
+
+def telemetry_comparison(runs: list[dict]) -> dict | None:
+    """Per-arm SM clock and throttling from the runs' telemetry summaries; None when no arm has any."""
+    arms = {}
+    for arm in (BASELINE, CANDIDATE):
+        sums = [r["telemetry"] for r in runs if r.get("arm") == arm and r.get("status") == "ok" and r.get("telemetry")]
+        clocks = [s["sm_clock_mean_mhz"] for s in sums if s.get("sm_clock_mean_mhz") is not None]
+        fracs = [f for f in (_throttle_fraction(s) for s in sums) if f is not None]
+        arms[arm] = {"runs": len(sums), "sm_clock": clocks, "throttle_fraction": fracs}
+    if not arms[BASELINE]["sm_clock"] or not arms[CANDIDATE]["sm_clock"]:
+        return None
+    out = {"arms": arms, "differences": []}
+    cb, cc = float(np.mean(arms[BASELINE]["sm_clock"])), float(np.mean(arms[CANDIDATE]["sm_clock"]))
+    out["sm_clock_mean_mhz"] = {BASELINE: cb, CANDIDATE: cc}
+    if abs(cc - cb) > CLOCK_DIFF_FRACTION * max(cb, 1.0):
+        out["differences"].append(f"mean SM clock {cb:.0f} MHz (baseline) vs {cc:.0f} MHz (candidate)")
+    fb, fc = arms[BASELINE]["throttle_fraction"], arms[CANDIDATE]["throttle_fraction"]
+    if fb and fc:
+        mb, mc = float(np.mean(fb)), float(np.mean(fc))
+        out["throttle_fraction"] = {BASELINE: mb, CANDIDATE: mc}
+        if abs(mc - mb) > THROTTLE_DIFF_FRACTION:
+            out["differences"].append(f"throttled {mb:.0%} (baseline) vs {mc:.0%} (candidate) of the timed window")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The markdown section under the two blocks
+
+
+def _fmt_diff(d: Difference, unit: str, digits: int) -> str:
+    return (f"{d.diff:+.{digits}f}{unit} ({d.confidence:.0%} CI {d.ci_low:+.{digits}f} to {d.ci_high:+.{digits}f}{unit}; "
+            f"Welch one-sided p={d.p_lower:.4f} that the candidate is lower, df={d.df:.1f})")
+
+
+def comparison_markdown(campaign_dir: str | Path) -> str:
+    """The comparison of the two arms of a compare campaign, recomputed from its run.json files."""
+    from harness.campaign import load_campaign, load_runs
+
+    d = Path(campaign_dir)
+    campaign = load_campaign(d)
+    runs = load_runs(d)
+    if not {BASELINE, CANDIDATE} <= set(campaign.get("arms", {})):
+        raise HarnessError(f"{d}: not a compare campaign (it needs arms 'baseline' and 'candidate')")
+    alpha = float(campaign["track"].get("alpha", 0.01))
+    lines = ["### Candidate vs previous record (same node, interleaved A B B A)", ""]
+    t_base, t_cand = arm_values(runs, BASELINE, "train_time_s"), arm_values(runs, CANDIDATE, "train_time_s")
+    l_base, l_cand = arm_values(runs, BASELINE, "final_val_loss"), arm_values(runs, CANDIDATE, "final_val_loss")
+    lines.append(f"- runs: {len(t_base)} baseline, {len(t_cand)} candidate finished ok")
+    time_d = welch_difference(t_base, t_cand)
+    loss_d = welch_difference(l_base, l_cand)
+    if time_d is None or loss_d is None:
+        lines.append("- too few finished runs in an arm (each needs at least 2) for an interval or a test")
+    else:
+        gain = -time_d.diff
+        verdict = "faster" if time_d.p_lower < alpha else "not shown faster at alpha=%g" % alpha
+        lines.append(f"- time (candidate - baseline): {_fmt_diff(time_d, ' s', 3)}")
+        lines.append(f"- loss (candidate - baseline): {_fmt_diff(loss_d, '', 4)}")
+        lines.append("")
+        lines.append(f"These timings show {gain:.3f} s of improvement ({time_d.confidence:.0%} CI "
+                     f"{-time_d.ci_high:.3f} to {-time_d.ci_low:.3f} s): the candidate is {verdict}.")
+    pairs = pair_differences(runs)
+    if pairs:
+        lines.append("")
+        lines.append(f"Per-pair time differences (candidate - baseline, s): "
+                     + ", ".join(f"{x:+.3f}" for x in pairs))
+    seq = campaign.get("until_significant")
+    if seq and len(pairs) >= 1:
+        from harness.sequential import TIME_PRIOR, paired_sequential_markdown
+
+        lines.append("")
+        lines.append(paired_sequential_markdown(pairs, alpha, TIME_PRIOR))
+    tele = telemetry_comparison(runs)
+    lines.append("")
+    if tele is None:
+        lines.append("Node telemetry: none recorded for both arms, so clocks and throttling cannot be compared.")
+    elif tele["differences"]:
+        lines.append("Node telemetry: the arms ran under different conditions: " + "; ".join(tele["differences"])
+                     + ". Part of the time difference may be the node, not the code (or the code's power draw).")
+    else:
+        c = tele["sm_clock_mean_mhz"]
+        thr = tele.get("throttle_fraction")
+        extra = (f", throttled {thr[BASELINE]:.0%} vs {thr[CANDIDATE]:.0%} of the timed window" if thr else "")
+        lines.append(f"Node telemetry: no difference between the arms (mean SM clock {c[BASELINE]:.0f} vs "
+                     f"{c[CANDIDATE]:.0f} MHz{extra}).")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command
+
+
+def build_arms(baseline: str, candidate: str, nproc: int | None, env: dict[str, str]):
+    """Two arms; a script path runs against the target of the other side's track."""
+    from harness.campaign import make_arm
+
+    def is_script(spec: str) -> bool:
+        return Path(spec).suffix == ".py"
+
+    if is_script(baseline) and is_script(candidate):
+        raise HarnessError("name a track for at least one side (e.g. 'speedrun compare short my_train_gpt.py'): "
+                           "two scripts leave no target loss to compare against")
+    if is_script(baseline):
+        cand = make_arm(candidate, name=CANDIDATE, nproc=nproc, env=env)
+        base = make_arm(baseline, name=BASELINE, default_track=cand.track, nproc=nproc, env=env)
+    else:
+        base = make_arm(baseline, name=BASELINE, nproc=nproc, env=env)
+        cand = make_arm(candidate, name=CANDIDATE, default_track=base.track, nproc=nproc, env=env)
+    if base.track.target != cand.track.target:
+        raise HarnessError(f"the two tracks have different targets ({base.track.name}: {base.track.target}, "
+                           f"{cand.track.name}: {cand.track.target}); compare like with like")
+    if base.nproc != cand.nproc:
+        raise HarnessError(f"the arms use different process counts ({base.nproc} vs {cand.nproc}); pass --nproc")
+    return base, cand
+
+
+def cmd_compare(baseline: str, candidate: str, runs: int, until_significant: bool = False,
+                max_runs: int | None = None, out: str | None = None, env: dict | None = None,
+                nproc: int | None = None, telemetry: bool = True, quiet: bool = False) -> int:
+    """Run both arms interleaved; print and write the comparison. Exit 0, or 3 if some runs failed."""
+    from harness.campaign import load_runs, new_campaign_dir, run_campaign
+    from harness.report import print_summary
+
+    if max_runs is not None and not until_significant:
+        raise HarnessError("--max-runs goes with --until-significant")
+    base, cand = build_arms(baseline, candidate, nproc, dict(env or {}))
+    stop_rule, extra = None, {"compare": {"baseline": baseline, "candidate": candidate, "order": "ABBA"}}
+    per_arm = runs
+    if until_significant:
+        from harness.sequential import make_stop_rule
+
+        per_arm = max_runs or max(runs, 20)
+        stop_rule = make_stop_rule(cand.track.target, cand.track.alpha, per_arm, kind="compare")
+        extra["until_significant"] = {"max_runs": per_arm, "kind": "compare"}
+    schedule = balanced_order(per_arm)
+    out_dir = new_campaign_dir(cand.track.name, out)
+    campaign_dir = run_campaign(out_dir, [base, cand], schedule, stop_rule=stop_rule, telemetry=telemetry,
+                                kind="compare", extra=extra, quiet=quiet)
+    print_summary(campaign_dir)
+    return 3 if any(r.get("status") != "ok" for r in load_runs(campaign_dir)) else 0

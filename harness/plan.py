@@ -1,0 +1,104 @@
+"""`speedrun plan`: how many runs a claim needs, fixed-N against sequential.
+
+    speedrun plan --target 3.28 --sigma 0.0013 --mean 3.2785 [--power 0.9]
+    speedrun plan --from results/short/<campaign>      # sigma and mean from a finished campaign
+
+Fixed-N: the smallest n at which the one-sided one-sample t-test at alpha (the record rule) has the asked
+power, computed exactly from the noncentral t distribution. Sequential: the procedure of
+`--until-significant` (harness.sequential), simulated at the same mean and sigma, with a budget of twice
+that n (at least 20 runs): its power, expected runs and how often it has stopped by the fixed-N count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+PLAN_SIMS = 20000
+
+
+@dataclass
+class Plan:
+    target: float
+    sigma: float
+    mean: float
+    power: float
+    alpha: float
+    effect: float  # (mean - target) / sigma
+    fixed_runs: int | None
+    max_runs: int
+    seq_power: float
+    seq_mean_runs: float
+    seq_stopped_by_fixed: float | None  # share of campaigns that stopped within fixed_runs runs
+
+
+def campaign_estimates(campaign_dir: str | Path) -> tuple[float, float, float, int]:
+    """(target, sigma, mean, runs) of the claim arm's finished runs of a campaign."""
+    from harness.campaign import load_campaign, load_runs
+    from harness.report import arm_series, claim_arm
+
+    campaign = load_campaign(campaign_dir)
+    losses, _ = arm_series(load_runs(campaign_dir), claim_arm(campaign))
+    if len(losses) < 2:
+        raise HarnessError(f"{campaign_dir}: needs at least 2 finished runs to estimate sigma, has {len(losses)}")
+    return float(campaign["track"]["target"]), float(np.std(losses, ddof=1)), float(np.mean(losses)), len(losses)
+
+
+def make_plan(target: float, sigma: float, mean: float, power: float = 0.9, alpha: float = 0.01,
+              sims: int = PLAN_SIMS, seed: int = 0) -> Plan:
+    from harness.sequential import fixed_n_runs, simulate_sequential
+
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise HarnessError(f"--sigma must be a positive number, got {sigma}")
+    if not (0 < power < 1):
+        raise HarnessError(f"--power must be between 0 and 1, got {power}")
+    if not (0 < alpha < 1):
+        raise HarnessError(f"--alpha must be between 0 and 1, got {alpha}")
+    if not (math.isfinite(target) and math.isfinite(mean)):
+        raise HarnessError("--target and --mean must be finite numbers")
+    effect = (mean - target) / sigma
+    if effect >= 0:
+        raise HarnessError(f"the mean {mean} is not below the target {target}: no number of runs gives the "
+                           f"one-sided test any power")
+    fixed = fixed_n_runs(effect, alpha=alpha, power=power)
+    budget = min(max(20, 2 * fixed), 1000) if fixed else 1000
+    sim = simulate_sequential(mean, sigma, target, sims, budget, alpha=alpha, rng=np.random.default_rng(seed))
+    by_fixed = float(np.mean(sim.rejected & (sim.runs <= fixed))) if fixed else None
+    return Plan(target, sigma, mean, power, alpha, effect, fixed, budget, sim.reject_rate, sim.mean_runs, by_fixed)
+
+
+def plan_text(p: Plan) -> str:
+    from harness.sequential import LOSS_PRIOR, PROCEDURE
+
+    lines = [
+        f"target {p.target}, mean {p.mean}, sigma {p.sigma}: the mean is {-p.effect:.2f} sigma below the target",
+        (f"fixed-N (one-sided t-test, alpha {p.alpha:g}): {p.fixed_runs} runs for {p.power:.0%} power"
+         if p.fixed_runs else f"fixed-N: more than 10000 runs for {p.power:.0%} power"),
+        (f"sequential (--until-significant --max-runs {p.max_runs}): {p.seq_mean_runs:.1f} runs expected, "
+         f"power {p.seq_power:.1%} within the budget"
+         + (f", significant within {p.fixed_runs} runs in {p.seq_stopped_by_fixed:.0%} of campaigns"
+            if p.seq_stopped_by_fixed is not None else "")),
+        f"  ({PROCEDURE}, prior {LOSS_PRIOR.describe()}; {PLAN_SIMS} simulated campaigns)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_plan(target: float | None = None, sigma: float | None = None, mean: float | None = None,
+             power: float = 0.9, alpha: float = 0.01, from_campaign: str | None = None) -> int:
+    if from_campaign:
+        c_target, c_sigma, c_mean, n = campaign_estimates(from_campaign)
+        target = c_target if target is None else target
+        sigma = c_sigma if sigma is None else sigma
+        mean = c_mean if mean is None else mean
+        print(f"from {from_campaign}: {n} finished runs, mean {c_mean:.4f}, sigma {c_sigma:.4f}")
+    missing = [name for name, v in (("--target", target), ("--sigma", sigma), ("--mean", mean)) if v is None]
+    if missing:
+        raise HarnessError(f"plan needs {', '.join(missing)} (or --from CAMPAIGN)")
+    print(plan_text(make_plan(target, sigma, mean, power=power, alpha=alpha)), end="")
+    return 0
+
