@@ -188,7 +188,13 @@ def env_markdown(env: dict) -> str:
         lines.append("**Not record-grade**; differs from the track's record environment in:")
         lines.append("")
         lines.extend(f"- {m}" for m in env["mismatches"])
-    lines += ["", "| what | value |", "| --- | --- |"]
+    lines += ["", fingerprint_markdown(fp)]
+    return "\n".join(lines)
+
+
+def fingerprint_markdown(fp: dict) -> str:
+    """The fingerprint as a markdown table (record.md)."""
+    lines = ["| what | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in fingerprint_rows(fp)]
     return "\n".join(lines) + "\n"
 

@@ -123,8 +123,9 @@ def _f(v, fmt="{:.0f}") -> str:
 
 
 def telemetry_markdown(run_summaries: list[tuple[str, dict]]) -> str:
-    """The record.md telemetry section: one row per run, then the outlier lines."""
-    out = ["## Telemetry", ""]
+    """The body of record.md's telemetry section (report.py writes the heading): one row per run, then the
+    outlier lines."""
+    out: list[str] = []
     runs = [(label, s) for label, s in run_summaries if s]
     if not runs:
         out.append("Telemetry was off for this campaign (no NVIDIA driver, or disabled).")
