@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
 
 
 def _s(v):

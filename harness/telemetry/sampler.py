@@ -19,7 +19,6 @@ gone, since it runs in its own session and would otherwise outlive a killed harn
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
