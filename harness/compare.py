@@ -17,6 +17,7 @@ What the comparison reports (fixed-N, whatever the stopping rule was):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,13 +128,18 @@ def arm_values(runs: list[dict], arm: str, key: str) -> list[float]:
 # ---------------------------------------------------------------------------------------------------------
 # Telemetry: did the node behave the same for both arms?
 
-CLOCK_DIFF_FRACTION = 0.01  # a mean SM clock differing by more than 1% between arms is reported as different
-THROTTLE_DIFF_FRACTION = 0.05  # so is a share of the timed window under a throttle reason differing by 5 points
+# Reported as "different" only when the gap is both practically large and (with 2+ runs per arm) unlikely
+# to be run-to-run noise (Welch two-sided p < 0.05). The H100 traces in tests/fixtures/telemetry show why
+# the throttle threshold is wide: three identical training runs spent 59%, 69% and 75% of their window at
+# the power cap, while their mean SM clocks agreed within 0.2%.
+CLOCK_DIFF_FRACTION = 0.01  # mean SM clock differing by more than 1%
+THROTTLE_DIFF_FRACTION = 0.10  # share of the timed window under a throttle reason differing by 10 points
+NOISE_P = 0.05
 THROTTLE_REASONS_SHOWN = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
 
 
 def _throttle_fraction(summary: dict) -> float | None:
-    """Share of the timed window during which any non-idle throttle reason was set (worst single reason)."""
+    """Share of the timed window during which a throttle reason was set (the worst single reason)."""
     window = summary.get("window")
     seconds = summary.get("throttle_s") or {}
     if not window or window[1] <= window[0] or not seconds:
@@ -142,27 +148,37 @@ def _throttle_fraction(summary: dict) -> float | None:
     return worst / (window[1] - window[0])
 
 
+def _differs(a: list[float], b: list[float], practical: float) -> bool:
+    if abs(float(np.mean(b)) - float(np.mean(a))) <= practical:
+        return False
+    if len(a) >= 2 and len(b) >= 2 and (np.std(a) > 0 or np.std(b) > 0):
+        with warnings.catch_warnings():  # one arm without spread makes scipy warn; the p-value is still right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue) < NOISE_P
+    return True
+
+
 def telemetry_comparison(runs: list[dict]) -> dict | None:
-    """Per-arm SM clock and throttling from the runs' telemetry summaries; None when no arm has any."""
+    """Per-arm SM clock and throttling from the runs' telemetry summaries; None unless both arms have some."""
     arms = {}
     for arm in (BASELINE, CANDIDATE):
         sums = [r["telemetry"] for r in runs if r.get("arm") == arm and r.get("status") == "ok" and r.get("telemetry")]
-        clocks = [s["sm_clock_mean_mhz"] for s in sums if s.get("sm_clock_mean_mhz") is not None]
+        clocks = [float(s["sm_clock_mean_mhz"]) for s in sums if s.get("sm_clock_mean_mhz") is not None]
         fracs = [f for f in (_throttle_fraction(s) for s in sums) if f is not None]
         arms[arm] = {"runs": len(sums), "sm_clock": clocks, "throttle_fraction": fracs}
     if not arms[BASELINE]["sm_clock"] or not arms[CANDIDATE]["sm_clock"]:
         return None
     out = {"arms": arms, "differences": []}
-    cb, cc = float(np.mean(arms[BASELINE]["sm_clock"])), float(np.mean(arms[CANDIDATE]["sm_clock"]))
-    out["sm_clock_mean_mhz"] = {BASELINE: cb, CANDIDATE: cc}
-    if abs(cc - cb) > CLOCK_DIFF_FRACTION * max(cb, 1.0):
-        out["differences"].append(f"mean SM clock {cb:.0f} MHz (baseline) vs {cc:.0f} MHz (candidate)")
-    fb, fc = arms[BASELINE]["throttle_fraction"], arms[CANDIDATE]["throttle_fraction"]
-    if fb and fc:
-        mb, mc = float(np.mean(fb)), float(np.mean(fc))
-        out["throttle_fraction"] = {BASELINE: mb, CANDIDATE: mc}
-        if abs(mc - mb) > THROTTLE_DIFF_FRACTION:
-            out["differences"].append(f"throttled {mb:.0%} (baseline) vs {mc:.0%} (candidate) of the timed window")
+    ca, cb = arms[BASELINE]["sm_clock"], arms[CANDIDATE]["sm_clock"]
+    out["sm_clock_mean_mhz"] = {BASELINE: float(np.mean(ca)), CANDIDATE: float(np.mean(cb))}
+    if _differs(ca, cb, CLOCK_DIFF_FRACTION * float(np.mean(ca))):
+        out["differences"].append(f"mean SM clock {np.mean(ca):.0f} MHz (baseline) vs {np.mean(cb):.0f} MHz (candidate)")
+    fa, fb = arms[BASELINE]["throttle_fraction"], arms[CANDIDATE]["throttle_fraction"]
+    if fa and fb:
+        out["throttle_fraction"] = {BASELINE: float(np.mean(fa)), CANDIDATE: float(np.mean(fb))}
+        if _differs(fa, fb, THROTTLE_DIFF_FRACTION):
+            out["differences"].append(f"throttled {np.mean(fa):.0%} (baseline) vs {np.mean(fb):.0%} (candidate) "
+                                      f"of the timed window")
     return out
 
 
@@ -275,8 +291,10 @@ def cmd_compare(baseline: str, candidate: str, runs: int, until_significant: boo
         stop_rule = make_stop_rule(cand.track.target, cand.track.alpha, per_arm, kind="compare")
         extra["until_significant"] = {"max_runs": per_arm, "kind": "compare"}
     schedule = balanced_order(per_arm)
+    # Both runs of an A/B pair get the same seed, so seed-to-seed loss variation cancels within a pair.
+    seeds = [k // 2 for k in range(len(schedule))]
     out_dir = new_campaign_dir(cand.track.name, out)
     campaign_dir = run_campaign(out_dir, [base, cand], schedule, stop_rule=stop_rule, telemetry=telemetry,
-                                kind="compare", extra=extra, quiet=quiet)
+                                kind="compare", seeds=seeds, extra=extra, quiet=quiet)
     print_summary(campaign_dir)
     return 3 if any(r.get("status") != "ok" for r in load_runs(campaign_dir)) else 0
