@@ -160,11 +160,11 @@ def anytime_p_value(x, reference: float, prior: EffectPrior) -> float:
 # stop without rejecting, so neither can raise the false-positive rate:
 #   1. reverse evidence: the mirrored e-process (claim "mean > reference") reaches 1/FUTILITY_ALPHA, i.e.
 #      there is anytime-valid evidence that the candidate is worse than the reference;
-#   2. projection: even if the true effect sat at the optimistic end of a one-sided 90% interval, the
+#   2. projection: even if the true effect sat at the optimistic end of a one-sided 95% interval, the
 #      expected e-value after the full budget would stay below 1/alpha.
 
 FUTILITY_ALPHA = 0.05
-FUTILITY_CONFIDENCE = 0.90
+FUTILITY_CONFIDENCE = 0.95
 MIN_RUNS = 3  # no decision before 3 runs: the block needs a spread; the e-value is valid from n=1 anyway
 
 
