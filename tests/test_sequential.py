@@ -192,3 +192,21 @@ def test_markdown_lines_name_the_procedure_and_p():
     assert "does not pass" in weak
     pl = paired_sequential_markdown([-1.0, -1.1, -0.95, -1.05], ALPHA, TIME_PRIOR)
     assert "faster at alpha" in pl and "4 per-pair differences" in pl
+
+
+def test_bench_command_reports_error_rates_and_runs(capsys):
+    from harness.bench_sequential import bench_results
+    from harness.cli import main
+
+    res = bench_results(sims=3000, max_runs=(20,), seed=1)
+    for row in res["null"]:
+        assert row["sequential"] <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / 3000)
+        assert row["naive"] > 3 * ALPHA  # the naive rule's inflation shows even at 3000 campaigns
+        assert row["above_target"] <= row["sequential"] + 0.002
+    for row in res["alternatives"]:
+        assert row["fixed_90"] == fixed_n_runs(row["effect"], power=0.9)
+        assert row["saved_vs_90"] == pytest.approx(row["fixed_90"] - row["mean_runs"])
+        assert 3 <= row["mean_runs"] <= 20
+    assert main(["bench-sequential", "--sims", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "False-positive rate at the null" in out and "compare at equal power" in out
