@@ -186,9 +186,9 @@ def telemetry_comparison(runs: list[dict]) -> dict | None:
 # The markdown section under the two blocks
 
 
-def _fmt_diff(d: Difference, unit: str, digits: int) -> str:
-    return (f"{d.diff:+.{digits}f}{unit} ({d.confidence:.0%} CI {d.ci_low:+.{digits}f} to {d.ci_high:+.{digits}f}{unit}; "
-            f"Welch one-sided p={d.p_lower:.4f} that the candidate is lower, df={d.df:.1f})")
+def _fmt_diff(d: Difference, unit: str, digits: int, claim: str) -> str:
+    return (f"{d.diff + 0.0:+.{digits}f}{unit} ({d.confidence:.0%} CI {d.ci_low:+.{digits}f} to {d.ci_high:+.{digits}f}{unit}; "
+            f"one-sided Welch test that the candidate is {claim}: p={d.p_lower:.4f}, df={d.df:.1f})")
 
 
 def comparison_markdown(campaign_dir: str | Path) -> str:
@@ -210,13 +210,14 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
     if time_d is None or loss_d is None:
         lines.append("- too few finished runs in an arm (each needs at least 2) for an interval or a test")
     else:
-        gain = -time_d.diff
-        verdict = "faster" if time_d.p_lower < alpha else "not shown faster at alpha=%g" % alpha
-        lines.append(f"- time (candidate - baseline): {_fmt_diff(time_d, ' s', 3)}")
-        lines.append(f"- loss (candidate - baseline): {_fmt_diff(loss_d, '', 4)}")
+        gain = -time_d.diff + 0.0
+        verdict = "faster" if time_d.p_lower < alpha else f"not shown faster at alpha={alpha:g}"
+        lines.append(f"- time (candidate - baseline): {_fmt_diff(time_d, ' s', 3, 'faster')}")
+        lines.append(f"- loss (candidate - baseline): {_fmt_diff(loss_d, '', 4, 'lower')}")
         lines.append("")
-        lines.append(f"These timings show {gain:.3f} s of improvement ({time_d.confidence:.0%} CI "
-                     f"{-time_d.ci_high:.3f} to {-time_d.ci_low:.3f} s): the candidate is {verdict}.")
+        shown = (f"{gain:.3f} s of improvement" if gain >= 0 else f"the candidate {-gain:.3f} s slower")
+        lines.append(f"These timings show {shown} ({time_d.confidence:.0%} CI of the gain "
+                     f"{-time_d.ci_high + 0.0:.3f} to {-time_d.ci_low + 0.0:.3f} s): the candidate is {verdict}.")
     pairs = pair_differences(runs)
     if pairs:
         lines.append("")
@@ -231,7 +232,8 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
     tele = telemetry_comparison(runs)
     lines.append("")
     if tele is None:
-        lines.append("Node telemetry: none recorded for both arms, so clocks and throttling cannot be compared.")
+        lines.append("Node telemetry: not recorded for both arms (CPU runs, no NVML, or --no-telemetry), so clocks "
+                     "and throttling cannot be compared.")
     elif tele["differences"]:
         lines.append("Node telemetry: the arms ran under different conditions: " + "; ".join(tele["differences"])
                      + ". Part of the time difference may be the node, not the code (or the code's power draw).")

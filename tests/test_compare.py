@@ -123,10 +123,10 @@ def test_comparison_markdown_on_seed_001(tmp_path):
     ref = scipy.stats.ttest_ind(CAND_TIMES, BASE_TIMES, equal_var=False, alternative="less")
     assert f"p={ref.pvalue:.4f}" in md and "the candidate is faster" in md
     ci = scipy.stats.ttest_ind(CAND_TIMES, BASE_TIMES, equal_var=False).confidence_interval(0.99)
-    assert f"{-ci.high:.3f} to {-ci.low:.3f} s" in md
+    assert f"CI of the gain {-ci.high:.3f} to {-ci.low:.3f} s" in md
     assert "loss (candidate - baseline): -0.0006" in md
     assert "Sequential test of the time gain" in md and "6 per-pair differences" in md
-    assert "none recorded" in md  # no telemetry in this campaign
+    assert "not recorded for both arms" in md  # no telemetry in this campaign
 
 
 def test_record_md_holds_both_blocks(tmp_path):
@@ -243,3 +243,13 @@ def test_compare_until_significant_stops_a_futile_campaign(tmp_path):
     assert len(campaign["schedule"]) == 20 and len(load_runs(out)) == 6
     md = (out / "record.md").read_text()
     assert "Sequential test (--until-significant)" in md and "Sequential test of the time gain" in md
+
+
+def test_comparison_markdown_slower_candidate(tmp_path):
+    # Seed 001 with the arms swapped: the "candidate" is the previous record, about a second slower.
+    d = _campaign(tmp_path, list(zip(CAND_LOSSES, CAND_TIMES)), list(zip(BASE_LOSSES, BASE_TIMES)))
+    md = comparison_markdown(d)
+    slower = np.mean(BASE_TIMES) - np.mean(CAND_TIMES)
+    assert f"These timings show the candidate {slower:.3f} s slower" in md
+    assert "not shown faster at alpha=0.01" in md
+    assert "Sequential test" not in md  # a fixed-N campaign has no sequential line
