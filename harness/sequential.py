@@ -160,8 +160,8 @@ def anytime_p_value(x, reference: float, prior: EffectPrior) -> float:
 # stop without rejecting, so neither can raise the false-positive rate:
 #   1. reverse evidence: the mirrored e-process (claim "mean > reference") reaches 1/FUTILITY_ALPHA, i.e.
 #      there is anytime-valid evidence that the candidate is worse than the reference;
-#   2. projection: even if the true effect sat at the optimistic end of a one-sided 95% interval, the
-#      expected e-value after the full budget would stay below 1/alpha.
+#   2. projection: even if the data kept the mean at the optimistic end of its one-sided 95% interval (and
+#      their spread), the e-value after the full budget of runs would stay below 1/alpha.
 
 FUTILITY_ALPHA = 0.05
 FUTILITY_CONFIDENCE = 0.95
@@ -203,7 +203,7 @@ def decide(x, reference: float, alpha: float, max_runs: int, prior: EffectPrior,
     p = float(min(1.0, math.exp(-float(np.max(log_e)))))
     threshold = math.log(1.0 / alpha)
     if n >= min_runs and np.max(log_e) >= threshold:
-        return Decision(n, e_now, p, True, "significant", f"E={e_now:.3g} >= 1/alpha={1 / alpha:g} after {n} runs")
+        return Decision(n, e_now, p, True, "significant", f"E={float(np.exp(np.max(log_e))):.3g} >= 1/alpha={1 / alpha:g}")
     if n >= max_runs:
         return Decision(n, e_now, p, True, "budget", f"reached --max-runs {max_runs} without E >= {1 / alpha:g}")
     if n >= min_runs:
@@ -273,7 +273,7 @@ def _stop_times(x, reference, alpha, max_runs, prior, futility, min_runs):
     k = np.arange(1, m + 1)
     threshold = math.log(1.0 / alpha)
     log_e = log_e_values(x, reference, prior)
-    success = (k >= min_runs) & (log_e >= threshold)
+    success = (k >= min_runs) & (np.maximum.accumulate(log_e, axis=1) >= threshold)  # as decide: max E so far
     stop = success | (k >= max_runs)
     if futility:
         log_rev = log_e_values(x, reference, _mirror(prior))
@@ -362,18 +362,18 @@ def make_stop_rule(target: float, alpha: float = ALPHA, max_runs: int = 20, kind
         losses = [r["final_val_loss"] for r in _ok(completed, CANDIDATE)]
         dt = decide(pairs, 0.0, alpha, max_runs, TIME_PRIOR)
         dl = decide(losses, target, alpha, max_runs, LOSS_PRIOR)
-        for d, what in ((dt, "time gain"), (dl, "candidate loss")):
+        for d, what, unit in ((dt, "time gain", "pairs"), (dl, "candidate loss", "runs")):
             if d.stop and d.outcome == "futile":
-                return _reason(d, what)
+                return _reason(d, what, unit)
         if dt.outcome == "significant" and dl.outcome == "significant":
-            return f"{_reason(dt, 'time gain')}; {_reason(dl, 'candidate loss')}"
+            return f"{_reason(dt, 'time gain', 'pairs')}; {_reason(dl, 'candidate loss', 'runs')}"
         return None
 
     return one_sample if kind == "one-sample" else compare
 
 
-def _reason(d: Decision, what: str) -> str:
-    return f"{what}: {d.outcome} after {d.n} ({d.reason})"
+def _reason(d: Decision, what: str, unit: str = "runs") -> str:
+    return f"{what}: {d.outcome} after {d.n} {unit} ({d.reason})"
 
 
 def sequential_markdown(losses: list[float], target: float, alpha: float = ALPHA) -> str:
