@@ -40,38 +40,41 @@ def nvidia_fingerprint() -> dict:
     except Exception as e:
         return {"available": False, "reason": f"no NVIDIA driver ({e})"}
 
-    def get(fn, *a):
+    def get(name: str, *a):
+        """Call NVML function `name`; None when it fails or this nvidia-ml-py lacks it (older releases)."""
         try:
-            return _s(fn(*a))
+            return _s(getattr(n, name)(*a))
         except Exception:
             return None
 
     try:
-        cuda_v = get(n.nvmlSystemGetCudaDriverVersion)
+        cuda_v = get("nvmlSystemGetCudaDriverVersion")
         out = {
             "available": True,
-            "driver": get(n.nvmlSystemGetDriverVersion),
+            "driver": get("nvmlSystemGetDriverVersion"),
             "cuda_driver": f"{cuda_v // 1000}.{cuda_v % 1000 // 10}" if isinstance(cuda_v, int) else None,
-            "nvml": get(n.nvmlSystemGetNVMLVersion),
-            "count": get(n.nvmlDeviceGetCount) or 0,
+            "nvml": get("nvmlSystemGetNVMLVersion"),
+            "count": get("nvmlDeviceGetCount") or 0,
             "gpus": [],
         }
         for i in range(out["count"]):
-            h = n.nvmlDeviceGetHandleByIndex(i)
-            limit = get(n.nvmlDeviceGetEnforcedPowerLimit, h)
-            ecc = get(n.nvmlDeviceGetEccMode, h)
-            pm = get(n.nvmlDeviceGetPersistenceMode, h)
+            h = get("nvmlDeviceGetHandleByIndex", i)
+            limit = get("nvmlDeviceGetEnforcedPowerLimit", h)
+            ecc = get("nvmlDeviceGetEccMode", h)
+            pm = get("nvmlDeviceGetPersistenceMode", h)
+            mem = get("nvmlDeviceGetMemoryInfo", h)
+            pci = get("nvmlDeviceGetPciInfo", h)
             out["gpus"].append({
                 "index": i,
-                "name": get(n.nvmlDeviceGetName, h),
-                "uuid": get(n.nvmlDeviceGetUUID, h),
-                "vbios": get(n.nvmlDeviceGetVbiosVersion, h),
+                "name": get("nvmlDeviceGetName", h),
+                "uuid": get("nvmlDeviceGetUUID", h),
+                "vbios": get("nvmlDeviceGetVbiosVersion", h),
                 "persistence_mode": None if pm is None else bool(pm),
                 "power_limit_w": None if limit is None else limit / 1000.0,
                 "ecc": None if ecc is None else bool(ecc[0]),
-                "max_sm_mhz": get(n.nvmlDeviceGetMaxClockInfo, h, n.NVML_CLOCK_SM),
-                "memory_mib": (lambda m: None if m is None else m.total // 2**20)(get(n.nvmlDeviceGetMemoryInfo, h)),
-                "pci_bus_id": get(lambda: _s(n.nvmlDeviceGetPciInfo(h).busId)),
+                "max_sm_mhz": get("nvmlDeviceGetMaxClockInfo", h, getattr(n, "NVML_CLOCK_SM", 1)),
+                "memory_mib": None if mem is None else mem.total // 2**20,
+                "pci_bus_id": None if pci is None else _s(pci.busId),
             })
         out["model"] = _common([g["name"] for g in out["gpus"]])
         return out

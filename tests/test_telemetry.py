@@ -192,6 +192,17 @@ def test_markdown_without_telemetry():
 # --- the sampler process (stand-in NVML; no telemetry values are asserted) -------------------------------
 
 
+@pytest.fixture(autouse=True)
+def restore_pynvml():
+    """fake_env imports the stand-in pynvml into this process: put the real one (or none) back after."""
+    saved = sys.modules.get("pynvml")
+    yield
+    if saved is None:
+        sys.modules.pop("pynvml", None)
+    else:
+        sys.modules["pynvml"] = saved
+
+
 def fake_env(monkeypatch, **extra):
     monkeypatch.setenv("PYTHONPATH", f"{FAKE_NVML}{os.pathsep}{REPO}")
     for k, v in extra.items():
