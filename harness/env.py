@@ -150,7 +150,7 @@ def check_pins(track, fp: dict) -> list[str]:
             bad.append(f"{key}: unknown pin in track.toml (known: {', '.join(PIN_KEYS)})")
             continue
         if key in ("driver", "cuda_driver", "gpu", "gpu_count") and not nvidia.get("available"):
-            bad.append(f"{key}: no NVIDIA GPU ({nvidia.get('reason', 'unavailable')}) != pinned {pinned}")
+            bad.append(f"{key}: none (no NVIDIA GPU visible) != pinned {pinned}")
             continue
         actual = PIN_KEYS[key](fp)
         if actual is None:

@@ -80,7 +80,7 @@ def test_no_driver_fingerprint_and_pins(tmp_path):
     assert isinstance(nv["reason"], str) and "\n" not in nv["reason"]
     assert fp["software"]["python"] == ".".join(map(str, sys.version_info[:3]))
     track, _ = make_track(tmp_path, {"gpu": "NVIDIA H100 80GB HBM3"})
-    assert check_pins(track, fp)[0].startswith("gpu: no NVIDIA GPU (")
+    assert check_pins(track, fp) == ["gpu: none (no NVIDIA GPU visible) != pinned NVIDIA H100 80GB HBM3"]
     # A CPU track with no pins is record-grade anywhere (the tiny track).
     cpu_track, _ = make_track(tmp_path, {}, uses_gpu=False)
     assert check_pins(cpu_track, fp) == []
