@@ -180,8 +180,10 @@ def print_summary(campaign_dir: str | Path, console=None) -> None:
     # The block(s) and what follows them up to the runs table: what a contributor pastes.
     start = md.find("## Timing and Validation")
     end = md.find("## Runs")
-    console.print(md[start:end].strip(), markup=False, highlight=False)
-    console.print(f"\nresults: {d}", markup=False, highlight=False)
+    # Plain print, never wrapped to the terminal width: the block must paste back as valid Python.
+    console.file.flush()
+    print(md[start:end].strip())
+    print(f"\nresults: {d}  (record.md there)")
 
 
 def cmd_report(campaign_dir: str) -> int:

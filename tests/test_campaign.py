@@ -167,3 +167,18 @@ def test_failed_runs_give_a_distinct_exit_code(tmp_path):
     assert "failed" in r.stdout
     (run,) = load_runs(tmp_path / "c")
     assert run["reason"].startswith("exited with code 1: RuntimeError: simulated crash")
+
+
+def test_printed_block_pastes_back_as_python(tmp_path):
+    # The console summary must not wrap the block at the terminal width: contributors paste it.
+    r = run_cli("run", str(FAKE), "--runs", "3", "--out", tmp_path / "c", "--quiet", "--no-telemetry",
+                env={"COLUMNS": "60"})
+    assert r.returncode == 0, r.stderr
+    code = r.stdout.split("```")[1]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(code, {})
+    assert buf.getvalue().splitlines() == [ln[2:] for ln in code.splitlines() if ln.startswith("# ")]
