@@ -276,3 +276,21 @@ def test_sampler_cli_rejects_bad_args(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness.telemetry.sampler", "--out", str(tmp_path), "--gpus", "x"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "--gpus must be comma-separated integers" in r.stderr
+
+
+# --- the overhead A/B's statistics, on the measurement taken on the H100 ---------------------------------
+
+
+def test_ab_stats_on_recorded_overhead():
+    from harness.telemetry.bench import ab_stats
+
+    rec = json.loads((FIX / "overhead_h100.json").read_text())
+    st = ab_stats(rec["step_ms_without"], rec["step_ms_with"])
+    assert st["ratio_median"] == pytest.approx(rec["ratio_median"], rel=1e-12)
+    lo, hi = st["ratio_median_boot95"]
+    assert st["ratio_min_max"][0] <= lo <= st["ratio_median"] <= hi <= st["ratio_min_max"][1]
+    # Pairing is by round: swapping the arms inverts every ratio.
+    assert ab_stats(rec["step_ms_with"], rec["step_ms_without"])["ratio_median"] == pytest.approx(
+        1 / st["ratio_median"], rel=1e-3)
+    with pytest.raises(ValueError):
+        ab_stats([1.0, 2.0], [1.0])

@@ -121,23 +121,27 @@ def overhead_ab(rounds: int, steps: int, hz: float = 10.0, gpu: int = 0, warmup_
                 s = summarize_run(Path(tmp) / f"r{i}", None)
                 gaps.append(s["max_gap_s"])
             times[arm].append(t / steps * 1000.0)
-    # Pair each B with the A next to it in the ABBA sequence (same round).
-    ratios = [b / a for a, b in zip(times["A"], times["B"])]
-    rng = random.Random(0)
-    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    return {"rounds": rounds, "steps_per_round": steps, "hz": hz, **ab_stats(times["A"], times["B"]),
+            "sampler_max_gap_s": max(gaps) if gaps else None}
+
+
+def ab_stats(without_ms: list[float], with_ms: list[float], boot: int = 2000) -> dict:
+    """Ratios with/without of each round's pair (the two arms of one ABBA round ran back to back, so
+    slow drift cancels within a pair): median, IQR, range, and a bootstrap 95% interval of the median."""
+    if len(without_ms) != len(with_ms) or not without_ms:
+        raise ValueError("need one 'with' and one 'without' time per round")
+    ratios = [b / a for a, b in zip(without_ms, with_ms)]
+    rng = random.Random(0)  # fixed: the same times always give the same interval
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(boot))
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
     return {
-        "rounds": rounds,
-        "steps_per_round": steps,
-        "hz": hz,
-        "step_ms_without": times["A"],
-        "step_ms_with": times["B"],
+        "step_ms_without": list(without_ms),
+        "step_ms_with": list(with_ms),
         "ratios_with_over_without": ratios,
         "ratio_median": statistics.median(ratios),
         "ratio_iqr": [q[0], q[2]],
         "ratio_min_max": [min(ratios), max(ratios)],
-        "ratio_median_boot95": [boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]],
-        "sampler_max_gap_s": max(gaps) if gaps else None,
+        "ratio_median_boot95": [meds[int(0.025 * boot)], meds[int(0.975 * boot) - 1]],
     }
 
 
