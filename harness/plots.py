@@ -32,7 +32,7 @@ def _read_run_json(run_dir: Path) -> dict:
 
 
 def _label(run_dir: Path, run: dict) -> str:
-    label = run.get("label") or run.get("name")
+    label = run.get("arm") or run.get("label") or run.get("name")
     return f"{run_dir.name}: {label}" if label and str(label) != run_dir.name else f"run {run_dir.name}"
 
 
@@ -117,12 +117,19 @@ def plot_val_loss(campaign_dir: Path, out: Path) -> Path | None:
         pts = [(float(p[0]), float(p[1])) for p in curve
                if isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p)]
         if pts:
-            curves.append((_label(run_dir, run), pts))
+            curves.append((_label(run_dir, run), str(run.get("arm") or ""), pts))
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label, pts in curves:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.0, ms=4, label=label)
+    arms = sorted({arm for _, arm, _ in curves})
+    by_arm = len(arms) > 1  # e.g. candidate vs the re-timed previous record: one colour per arm
+    seen = set()
+    for i, (label, arm, pts) in enumerate(curves):
+        color = f"C{arms.index(arm) if by_arm else i % 10}"
+        legend = (arm if arm not in seen else None) if by_arm else label
+        seen.add(arm)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.0, ms=4, color=color, alpha=0.8,
+                label=legend)
     target = _target(campaign_dir)
     if target is not None:
         ax.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target:g}")
