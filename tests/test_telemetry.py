@@ -134,9 +134,11 @@ def test_sampler_failed_at_start_is_reported(tmp_path):
     assert s["sampler_died"] is True and "NVML init failed" in s["sampler_note"]
 
 
-def test_bad_window_rejected(runs):
-    with pytest.raises(ValueError):
-        summarize_run(runs / "train_a", (5.0, 1.0))
+def test_bad_window_falls_back_to_whole_trace(runs):
+    s = summarize_run(runs / "train_a", (5.0, 1.0))
+    assert s["window"] is None and "invalid timed window" in s["window_note"]
+    assert s["per_gpu"]["0"]["samples_in_window"] == s["samples"]
+    assert summarize_run(runs / "train_a", window("train_a"))["window_note"] is None
 
 
 # --- campaign outliers and the record.md table -----------------------------------------------------------

@@ -180,8 +180,12 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
     meta["devices"] = [r.static_info() for r in readers]
 
     period = 1.0 / hz
-    tel = open(out_dir / TELEMETRY_CSV, "w", encoding="utf-8")
-    eng = open(out_dir / ENERGY_CSV, "w", encoding="utf-8")
+    try:
+        tel = open(out_dir / TELEMETRY_CSV, "w", encoding="utf-8")
+        eng = open(out_dir / ENERGY_CSV, "w", encoding="utf-8")
+    except OSError as e:
+        nvml.nvmlShutdown()
+        return die(f"cannot write telemetry files: {e}", 3)
     tel.write(TELEMETRY_HEADER + "\n")
     eng.write(ENERGY_HEADER + "\n")
 

@@ -256,12 +256,17 @@ def summarize_run(run_dir: Path, timed_window: tuple[float, float] | None) -> di
             return {"sampler_died": True, "sampler_note": meta.get("error") or "no samples written",
                     "gpus": meta.get("gpus", []), "per_gpu": {}}
         return None
-    window = None
+    window, window_note = None, None
     if timed_window is not None:
-        lo, hi = float(timed_window[0]), float(timed_window[1])
-        if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
-            raise ValueError(f"timed_window must be (start, end) with start <= end, got {timed_window!r}")
-        window = (lo, hi)
+        try:
+            lo, hi = float(timed_window[0]), float(timed_window[1])
+            ok = math.isfinite(lo) and math.isfinite(hi) and lo <= hi
+        except (TypeError, ValueError, IndexError):
+            ok = False
+        if ok:
+            window = (lo, hi)
+        else:  # a summary must not fail a campaign: summarize the whole trace and say why
+            window_note = f"invalid timed window {timed_window!r}: summarized the whole trace"
     period = 1.0 / tr.hz
     per_gpu = {str(g): _gpu_summary(tr, g, window, period) for g in tr.gpus}
     died, note = _died(tr, window, period)
@@ -276,6 +281,7 @@ def summarize_run(run_dir: Path, timed_window: tuple[float, float] | None) -> di
         "samples": int(len(tr.cols["t_unix"])),
         "sampler_died": died,
         "sampler_note": note,
+        "window_note": window_note,
         "gpu_names": sorted(set(collect("name"))),
         "gpu_uuids": collect("uuid"),
         "power_limits_w": sorted(set(collect("power_limit_w"))),
