@@ -210,3 +210,27 @@ def test_bench_command_reports_error_rates_and_runs(capsys):
     assert main(["bench-sequential", "--sims", "1000"]) == 0
     out = capsys.readouterr().out
     assert "False-positive rate at the null" in out and "compare at equal power" in out
+
+
+def test_run_until_significant_end_to_end(tmp_path):
+    # The fake track's runs all land below its target with little spread: the campaign must stop as soon as
+    # E >= 100 (well before the budget) and put the sequential line under the fixed-N block.
+    from pathlib import Path
+
+    from harness.campaign import load_campaign, load_runs
+    from harness.cli import main
+
+    fake = Path(__file__).parent / "fixtures" / "fake_track"
+    out = tmp_path / "seq"
+    assert main(["run", str(fake), "--until-significant", "--max-runs", "15", "--out", str(out), "--no-telemetry",
+                 "--quiet"]) == 0
+    campaign = load_campaign(out)
+    runs = load_runs(out)
+    assert campaign["status"] == "stopped-early" and "loss: significant" in campaign["stop_reason"]
+    losses = [r["final_val_loss"] for r in runs]
+    log_e = log_e_values(losses, 3.28, LOSS_PRIOR)
+    assert log_e[-1] >= math.log(100) and np.all(log_e[:-1] < math.log(100))  # stopped at the first crossing
+    assert len(runs) < 15
+    md = (out / "record.md").read_text()
+    assert "# p=" in md  # the fixed-N block stays
+    assert f"anytime-valid p = {anytime_p_value(losses, 3.28, LOSS_PRIOR):.4f}" in md
