@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from harness import telemetry
+from harness.env import campaign_env
 from harness.errors import HarnessError
 from harness.fsio import read_json, sha256_file, write_json_atomic
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
@@ -156,6 +158,9 @@ def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[s
     env["SPEEDRUN_RUN_INDEX"] = str(index)
     env["SPEEDRUN_CAMPAIGN_ID"] = campaign_id
     env["PYTHONUNBUFFERED"] = "1"  # the live display follows the run's output line by line
+    if env.get("CUDA_VISIBLE_DEVICES"):
+        # NVML numbers GPUs by PCI bus; make CUDA agree so the sampler watches the GPUs the run uses.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if arm.track.data and "DATA_PATH" not in env:
         default = arm.track.data.get("default_path")
         if default:
@@ -351,7 +356,7 @@ def _last_line(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Telemetry hooks: optional; a missing driver or NVML never stops a run.
+# Telemetry: a missing driver or NVML, or a sampler that dies, never stops a run.
 
 
 def gpu_indices(arm: Arm, env: dict[str, str]) -> list[int]:
@@ -365,14 +370,8 @@ def gpu_indices(arm: Arm, env: dict[str, str]) -> list[int]:
 
 
 def _start_telemetry(run_dir: Path, arm: Arm, env: dict[str, str]):
-    try:
-        from harness import telemetry
-    except ImportError:
-        return None
     ok, _ = telemetry.nvml_available()
-    if not ok:
-        return None
-    return telemetry.start_sampler(run_dir, gpu_indices(arm, env))
+    return telemetry.start_sampler(run_dir, gpu_indices(arm, env)) if ok else None
 
 
 def _stop_telemetry(sampler) -> None:
@@ -381,24 +380,13 @@ def _stop_telemetry(sampler) -> None:
 
 
 def _summarize_telemetry(run_dir: Path, window) -> dict | None:
-    try:
-        from harness import telemetry
-    except ImportError:
-        return None
-    if not (run_dir / "telemetry.csv").exists():
-        return None
+    # None when nothing was recorded; a sampler that died is reported by the summary itself.
     return telemetry.summarize_run(run_dir, tuple(window) if window else None)
 
 
 def environment_record(arm: Arm) -> dict:
-    """The fingerprint and pins verdict stored in campaign.json; degrade to a note if env.py is absent."""
-    try:
-        from harness import env as envmod
-    except ImportError:
-        return {"fingerprint": None, "record_grade": None, "mismatches": ["environment fingerprint unavailable"]}
-    fp = envmod.fingerprint()
-    mismatches = envmod.check_pins(arm.track, fp)
-    return {"fingerprint": fp, "record_grade": not mismatches, "mismatches": mismatches}
+    """campaign.json's environment: fingerprint, pins, mismatches and the record-grade verdict."""
+    return campaign_env(arm.track)
 
 
 # ---------------------------------------------------------------------------------------------------------

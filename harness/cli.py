@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out")
     c.add_argument("--env", action="append", metavar="KEY=VALUE")
     c.add_argument("--no-telemetry", action="store_true")
+    c.add_argument("--quiet", action="store_true", help="no live progress display")
 
     pl = sub.add_parser("plan", help="runs needed for a given power, fixed-N vs sequential")
     pl.add_argument("--target", type=float)
@@ -140,7 +141,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
                            max_runs=args.max_runs, out=args.out, env=parse_env_pairs(args.env), nproc=args.nproc,
-                           telemetry=not args.no_telemetry)
+                           telemetry=not args.no_telemetry, quiet=args.quiet)
     if args.command == "plan":
         from harness.plan import cmd_plan
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.campaign import load_campaign, load_runs
+from harness.compare import comparison_markdown
+from harness.env import env_markdown
 from harness.fsio import write_text_atomic
+from harness.plots import make_campaign_plots
 from harness.record_block import render_block
+from harness.sequential import sequential_markdown
+from harness.telemetry import telemetry_markdown
 
 
 def ok_runs(runs: list[dict], arm: str | None = None) -> list[dict]:
@@ -54,7 +59,7 @@ def record_markdown(campaign_dir: str | Path) -> str:
     if losses:
         lines.append(_fence(render_block(losses, times, target)))
         seq = campaign.get("until_significant")
-        if seq:
+        if seq and seq.get("kind", "one-sample") == "one-sample":  # a comparison reports its own rule
             lines.append(_sequential_line(losses, target, alpha))
     else:
         lines.append("No run finished successfully: there is no block to report.\n")
@@ -63,9 +68,10 @@ def record_markdown(campaign_dir: str | Path) -> str:
         lines += ["Previous record (timed on same machine):", ""]
         lines.append(_fence(render_block(b_losses, b_times, target, with_p=False)) if b_losses
                      else "No baseline run finished successfully.\n")
-        lines.append(_comparison_section(d))
+        lines.append(comparison_markdown(d) + "\n")
     lines += ["## Runs", "", _runs_table_md(runs), ""]
-    lines += ["## Environment", "", _environment_md(campaign), ""]
+    if campaign.get("environment"):
+        lines += [env_markdown(campaign["environment"]), ""]
     tele = _telemetry_md(runs)
     if tele:
         lines += ["## Telemetry", "", tele, ""]
@@ -76,19 +82,12 @@ def record_markdown(campaign_dir: str | Path) -> str:
 
 
 def _sequential_line(losses: list[float], target: float, alpha: float) -> str:
-    try:
-        from harness.sequential import sequential_markdown
-    except ImportError:
-        return ""
     return sequential_markdown(losses, target, alpha) + "\n"
 
 
-def _comparison_section(d: Path) -> str:
-    try:
-        from harness.compare import comparison_markdown
-    except ImportError:
-        return ""
-    return comparison_markdown(d) + "\n"
+def _telemetry_md(runs: list[dict]) -> str:
+    summaries = [(str(r["index"]), r["telemetry"]) for r in runs if r.get("telemetry")]
+    return telemetry_markdown(summaries) if summaries else ""
 
 
 def _runs_table_md(runs: list[dict]) -> str:
@@ -102,37 +101,6 @@ def _runs_table_md(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _environment_md(campaign: dict) -> str:
-    env = campaign.get("environment") or {}
-    grade = env.get("record_grade")
-    mism = env.get("mismatches") or []
-    if grade is True:
-        head = "**record-grade**: the environment matches every pin of the track."
-    elif grade is False:
-        head = "**not record-grade**: " + "; ".join(mism)
-    else:
-        head = "record-grade: unknown (" + ("; ".join(mism) or "no fingerprint") + ")"
-    out = [head]
-    try:
-        from harness.env import fingerprint_markdown
-    except ImportError:
-        return "\n".join(out)
-    if env.get("fingerprint"):
-        out += ["", fingerprint_markdown(env["fingerprint"])]
-    return "\n".join(out)
-
-
-def _telemetry_md(runs: list[dict]) -> str:
-    summaries = [(str(r["index"]), r["telemetry"]) for r in runs if r.get("telemetry")]
-    if not summaries:
-        return ""
-    try:
-        from harness.telemetry import telemetry_markdown
-    except ImportError:
-        return ""
-    return telemetry_markdown(summaries)
-
-
 def _or_dash(v) -> str:
     return "-" if v is None else str(v)
 
@@ -141,18 +109,10 @@ def _num(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def make_plots(campaign_dir: Path) -> list[Path]:
-    try:
-        from harness.plots import make_campaign_plots
-    except ImportError:
-        return []
-    return make_campaign_plots(campaign_dir)
-
-
 def write_record(campaign_dir: str | Path) -> Path:
     """(Re)write plots and record.md of a campaign from its files."""
     d = Path(campaign_dir)
-    make_plots(d)
+    make_campaign_plots(d)
     return write_text_atomic(d / "record.md", record_markdown(d))
 
 

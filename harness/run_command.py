@@ -68,7 +68,8 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False) -> i
         from harness.sequential import make_stop_rule
 
         t = arms[0].track
-        stop_rule = make_stop_rule(t.target, t.alpha, campaign["until_significant"]["max_runs"])
+        seq = campaign["until_significant"]
+        stop_rule = make_stop_rule(t.target, t.alpha, seq["max_runs"], kind=seq.get("kind", "one-sample"))
     campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
                                 telemetry=telemetry and campaign.get("telemetry", True), resume=True,
                                 seeds=campaign["seeds"], quiet=quiet)
