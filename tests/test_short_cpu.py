@@ -228,3 +228,57 @@ def test_model_forward_small_cpu(tg):
     assert nxt.item() == pytest.approx(math.log(50304), abs=0.1)
     assert loss.item() > nxt.item()  # MTP adds the weighted next-but-one loss
     assert model.attn[2] is None  # the MLP-only layer
+
+
+def test_training_script_end_to_end_tiny_cpu(tmp_path):
+    """The real script, launched as a process in its SPEEDRUN_TINY smoke mode on CPU: warm-up of every stage,
+    validation, the competition log protocol in stdout and logs/<uuid>.txt, and a log the parser accepts."""
+    import os
+    import re
+    import subprocess
+
+    rng = np.random.default_rng(5)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    train, _ = make_docs(rng, 800, 20, 400)
+    val, _ = make_docs(rng, 60, 20, 400)
+    write_shard(data_dir / "fineweb_train_000001.bin", train)
+    write_shard(data_dir / "fineweb_val_000000.bin", val)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = dict(os.environ, SPEEDRUN_TINY="1", SPEEDRUN_NUM_ITERATIONS="3", SPEEDRUN_EXTENSION_ITERATIONS="1",
+               SPEEDRUN_VAL_EVERY="2", SPEEDRUN_VAL_TOKENS="1024", DATA_PATH=str(data_dir), CUDA_VISIBLE_DEVICES="")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, str(TRACK / "train_gpt.py")], cwd=run_dir, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = list((run_dir / "logs").glob("*.txt"))
+    assert len(logs) == 1 and re.fullmatch(r"[0-9a-f-]{36}\.txt", logs[0].name)
+    text = logs[0].read_text()
+    assert proc.stdout == text, "stdout carries exactly the log file's lines"
+    source = (TRACK / "train_gpt.py").read_text()
+    assert text.startswith(source), "the log starts with the full source"
+    rest = text[len(source):].splitlines()
+    assert rest[1] == "=" * 100
+    assert rest[2].startswith("Running Python ") and re.match(r"Running PyTorch \S+ compiled for CUDA ", rest[3])
+    assert rest[4].startswith("Running Triton version ")
+    lines = text.splitlines()
+    step_lines = [ln for ln in lines if ln.startswith("step:")]
+    assert step_lines[0].startswith("step:0/4 val_loss:") and step_lines[0].endswith("ms")
+    assert re.fullmatch(r"step:1/4 train_time:\d+ms step_avg:[\d.]+ms", step_lines[1])
+    assert re.fullmatch(r"step:4/4 val_loss:\d+\.\d{4} train_time:\d+ms step_avg:[\d.]+ms", step_lines[-1])
+    assert re.fullmatch(r"peak memory allocated: \d+ MiB reserved: \d+ MiB", lines[-1])
+    assert any(ln.startswith("compile_and_warmup_time:") for ln in lines)
+    for stage in ("s0", "s1", "s2", "s3", "ext"):
+        assert any(ln.startswith(f"warmup: stage {stage} ") for ln in lines)
+    vals = [float(re.search(r"val_loss:([\d.]+)", ln).group(1)) for ln in step_lines if "val_loss" in ln]
+    assert len(vals) == 3 and vals[0] == pytest.approx(math.log(50304), abs=0.1)
+    assert vals[-1] < vals[0], "training moves the validation loss"
+    try:
+        from harness.logs import parse_log
+    except ImportError:
+        return
+    parsed = parse_log(text)
+    assert parsed.reached_final and parsed.final_step == 4 and parsed.total_steps == 4
+    assert parsed.final_val_loss == pytest.approx(vals[-1])

@@ -57,7 +57,7 @@ def test_bench_sym_mm(benchmark, tg, name, impl):
     for _ in range(3):
         fn()
     benchmark.group = f"sym_mm {name} {problem['batch']}x{problem['M']}x{problem['K']}"
-    benchmark.pedantic(_timed(fn), rounds=50, iterations=1, warmup_rounds=5)
+    benchmark.pedantic(_timed(fn), rounds=20, iterations=1, warmup_rounds=3)
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
@@ -77,7 +77,7 @@ def test_bench_polar_express(benchmark, tg, shape, impl):
     for _ in range(3):
         fn()
     benchmark.group = f"polar_express {shape}"
-    benchmark.pedantic(_timed(fn), rounds=30, iterations=1, warmup_rounds=3)
+    benchmark.pedantic(_timed(fn), rounds=10, iterations=1, warmup_rounds=2)
 
 
 @pytest.mark.parametrize("impl", ["fp8", "bf16"])
@@ -94,4 +94,4 @@ def test_bench_lm_head(benchmark, tg, impl):
     for _ in range(3):
         fn()
     benchmark.group = "lm_head forward+backward 49152x768x50304"
-    benchmark.pedantic(_timed(fn), rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(_timed(fn), rounds=5, iterations=1, warmup_rounds=1)

@@ -62,6 +62,8 @@ def candidate_configs() -> list[dict]:
         for block_k in (32, 64, 128):
             for num_warps in (4, 8):
                 for num_stages in (3, 4):
+                    if block * block_k * 2 * 2 * num_stages > 200 * 1024:
+                        continue  # the two operand tiles per stage would not fit in shared memory (~227 KB)
                     configs.append(
                         {"BLOCK": block, "BLOCK_K": block_k, "num_warps": num_warps, "num_stages": num_stages}
                     )

@@ -71,6 +71,8 @@ class Hyperparameters:
     val_rows: int = 8  # rows per validation micro-batch per GPU
     total_accumulation: int = 8  # world_size * grad_accum_steps
     # optimizer
+    batch_divisor: int = 1  # SPEEDRUN_TINY smoke mode divides every batch by 512
+    tiny: bool = False
     muon_lr: float = 0.023
     muon_momentum_start: float = 0.85
     muon_momentum_end: float = 0.95
@@ -91,6 +93,12 @@ def read_hyperparameters(env=None) -> Hyperparameters:
     hp.extension_iterations = int(env.get("SPEEDRUN_EXTENSION_ITERATIONS", hp.extension_iterations))
     hp.val_tokens = int(env.get("SPEEDRUN_VAL_TOKENS", hp.val_tokens))
     hp.val_every = int(env.get("SPEEDRUN_VAL_EVERY", hp.val_every))
+    if env.get("SPEEDRUN_TINY") == "1":
+        # Smoke mode for the script's plumbing (CPU or GPU, seconds): a 4-layer width-64 model, 256-token rows,
+        # batches / 512 and no gradient accumulation. Not the recipe: its losses mean nothing.
+        hp.tiny, hp.batch_divisor = True, 512
+        hp.total_accumulation = int(env.get("WORLD_SIZE", 1))
+        hp.train_seq_len, hp.val_seq_len, hp.val_rows = 256, 256, 2
     if hp.num_iterations < 1 or hp.extension_iterations < 0 or hp.val_every < 1 or hp.val_tokens < 1:
         raise ValueError("SPEEDRUN_* overrides must be positive (extension may be 0)")
     return hp
@@ -113,6 +121,12 @@ class ModelConfig:
     attn_scale: float = 0.12  # with QK-norm the usual 1/sqrt(128) is too small
     use_fp8_head: bool = True  # CUDA only; the CPU tests turn it off
     use_triton: bool = True
+
+
+def tiny_model_config() -> ModelConfig:
+    return ModelConfig(num_layers=4, model_dim=64, num_heads=2, head_dim=32, no_attention_layers=(2,),
+                       long_window_layers=(3,), paired_head_layers=(0,), value_embed_layers=(0, 3),
+                       bigram_buckets=1024)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,6 +322,14 @@ def sliding_window_block_mask(docs: torch.Tensor, window_tokens: torch.Tensor, p
 # Model
 
 
+def dense_attention(q, k, v, mask: BlockMask) -> torch.Tensor:
+    """Attention with the block mask's element mask materialized (CPU only: small sizes)."""
+    B, L = q.size(0), q.size(2)
+    idx = torch.arange(L, device=q.device)
+    allowed = torch.stack([mask.mask_mod(torch.tensor(b), 0, idx[:, None], idx[None, :]) for b in range(B)])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=1.0)
+
+
 def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -397,7 +419,11 @@ class Attention(nn.Module):
             # (B, T, H, D) -> (B, 2T, H/2, D): the two heads of a pair become neighbouring positions, so each
             # query attends over both heads' keys and values.
             q, k, v = (t.reshape(B, 2 * T, H // 2, D) for t in (q, k, v))
-        y = flex_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask, scale=1.0)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if q.is_cuda:
+            y = flex_attention(q, k, v, block_mask=mask, scale=1.0)
+        else:  # CPU smoke runs and tests: FlexAttention has no CPU backward, so use the same mask densely
+            y = dense_attention(q, k, v, mask)
         y = y.transpose(1, 2).reshape(B, T, H * D)
         return F.linear(y, self.o_w)
 
@@ -529,8 +555,10 @@ class GPT(nn.Module):
         x = norm(x).view(B * T, -1)
         if cfg.use_fp8_head and x.is_cuda:
             logits = FP8Head.apply(x, self.lm_head_w)
-        else:
+        elif x.is_cuda:
             logits = F.linear(x, self.lm_head_w.bfloat16())
+        else:  # CPU smoke: float32 is much faster than bf16 there
+            logits = F.linear(x.float(), self.lm_head_w)
         logits = cfg.logit_softcap * torch.tanh(logits.float() / cfg.logit_softcap)
         loss = logits.new_zeros(())
         next_token_loss = None
@@ -729,8 +757,11 @@ class Logger:
 
 
 def environment_header() -> list[str]:
-    import triton
-
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none (not installed)"
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout.rstrip("\n")
     except (OSError, subprocess.SubprocessError) as e:
@@ -738,7 +769,7 @@ def environment_header() -> list[str]:
     return [
         f"Running Python {sys.version}",
         f"Running PyTorch {torch.__version__} compiled for CUDA {torch.version.cuda}",
-        f"Running Triton version {triton.__version__}",
+        f"Running Triton version {triton_version}",
         smi,
     ]
 
@@ -764,11 +795,19 @@ def main():
     if hp.total_accumulation % world_size:
         raise SystemExit(f"WORLD_SIZE must divide {hp.total_accumulation}, got {world_size}")
     grad_accum = hp.total_accumulation // world_size
-    assert torch.cuda.is_available(), "the short track needs CUDA"
-    device = torch.device("cuda", local_rank)
-    torch.cuda.set_device(device)
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu and not hp.tiny:
+        raise SystemExit("the short track needs CUDA (SPEEDRUN_TINY=1 runs a small smoke version on CPU)")
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    if on_gpu:
+        torch.cuda.set_device(device)
     if world_size > 1:
-        dist.init_process_group(backend="nccl", device_id=device)
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo", device_id=device if on_gpu else None)
+
+    def sync():
+        if on_gpu:
+            torch.cuda.synchronize()
+
     master = rank == 0
     log = Logger(master)
 
@@ -787,22 +826,24 @@ def main():
         f"world_size={world_size} grad_accum={grad_accum} seed={hp.seed}")
 
     torch.manual_seed(hp.seed)
-    cfg = ModelConfig()
+    cfg = tiny_model_config() if hp.tiny else ModelConfig()
+    cfg.use_fp8_head = cfg.use_triton = on_gpu
     model = GPT(cfg, max_seq_len=max(hp.train_seq_len, hp.val_seq_len)).to(device)
     for p in model.parameters():  # identical initial weights on every GPU
         if world_size > 1:
             dist.broadcast(p.data, 0)
     initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    compiled = torch.compile(model, dynamic=False)
+    compiled = torch.compile(model, dynamic=False) if on_gpu else model
 
     def train_step(stage: Stage, loader: BosRowLoader, muon: Muon, adam: Adam, lr_mult: float, momentum: float):
-        rows = stage.batch_tokens // hp.total_accumulation // hp.train_seq_len
+        rows = stage.batch_tokens // hp.batch_divisor // hp.total_accumulation // hp.train_seq_len
         windows = torch.tensor(stage.windows, dtype=torch.int32, device=device)
         grads = {}
         for _ in range(grad_accum):
             inputs, targets = loader.next_batch(rows)
-            inputs = inputs.pin_memory().to(device, non_blocking=True)
-            targets = targets.pin_memory().to(device, non_blocking=True)
+            if on_gpu:
+                inputs = inputs.pin_memory().to(device, non_blocking=True)
+                targets = targets.pin_memory().to(device, non_blocking=True)
             loss, _ = compiled(inputs, targets, windows, stage.mtp_weights)
             (loss / grad_accum).backward()
             for p in model.parameters():  # accumulate in float32 (the Muon weights and their grads are bf16)
@@ -846,7 +887,7 @@ def main():
 
     # -------- compile and warm-up: run every stage's graph once and the validation graph, then restore the
     # initial weights. Not part of train_time.
-    torch.cuda.synchronize()
+    sync()
     t_warm = time.perf_counter()
     warm_loader = BosRowLoader(train_files, hp.train_seq_len, rank, world_size, cycle=True)
     muon, adam = build_optimizers(model, hp, rank, world_size)
@@ -855,7 +896,7 @@ def main():
         enter_stage(previous, stage)
         t0 = time.perf_counter()
         train_step(stage, warm_loader, muon, adam, lr_mult=0.0, momentum=hp.muon_momentum_end)
-        torch.cuda.synchronize()
+        sync()
         log(f"warmup: stage {stage.name} compiled and ran one step in {1000 * (time.perf_counter() - t0):.0f}ms")
         previous = stage
     hp_val_tokens = hp.val_tokens
@@ -866,7 +907,7 @@ def main():
     model.tied = True
     model.reset_windows()
     del warm_loader
-    torch.cuda.synchronize()
+    sync()
     log(f"compile_and_warmup_time:{1000 * (time.perf_counter() - t_warm):.0f}ms")
 
     # -------- training
@@ -876,12 +917,12 @@ def main():
     training_time_ms = 0.0
     timings: dict[str, StageTiming] = {}
     stage = None
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for step in range(total_steps + 1):
         last = step == total_steps
         if last or step % hp.val_every == 0:
-            torch.cuda.synchronize()
+            sync()
             training_time_ms += 1000 * (time.perf_counter() - t0)
             if stage is None:
                 stage = stage_at(0, hp)
@@ -892,7 +933,7 @@ def main():
             val_loss = validate(stage)
             log(f"step:{step}/{total_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms "
                 f"step_avg:{training_time_ms / max(step, 1):.2f}ms")
-            torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
         if last:
             break
@@ -907,7 +948,7 @@ def main():
         timing.steps += 1
         # steady-state time per stage: synchronized clock readings after the stage's 5th step and at its end
         if timing.steps == 5 or stage_at(step + 1, hp) is not new_stage or step + 1 == total_steps:
-            torch.cuda.synchronize()
+            sync()
             now = training_time_ms + 1000 * (time.perf_counter() - t0)
             if timing.steps == 5:
                 timing.t_start_ms, timing.timed_steps = now, 0
@@ -923,8 +964,9 @@ def main():
             steady = (t.t_end_ms - t.t_start_ms) / t.timed_steps
             log(f"stage:{name} first_step:{t.first_step} steps:{t.steps} steady_step_ms:{steady:.2f} "
                 f"(mean over steps 6..{t.steps}, validation excluded)")
-    log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 1024 // 1024} MiB "
-        f"reserved: {torch.cuda.max_memory_reserved() // 1024 // 1024} MiB")
+    allocated = torch.cuda.max_memory_allocated() if on_gpu else 0
+    reserved = torch.cuda.max_memory_reserved() if on_gpu else 0
+    log(f"peak memory allocated: {allocated // 1024 // 1024} MiB reserved: {reserved // 1024 // 1024} MiB")
     if world_size > 1:
         dist.destroy_process_group()
 

@@ -1,0 +1,149 @@
+"""harness/data.py: shard validation, manifest, adopt (--from), download path with the downloader replaced."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import data
+from harness.errors import HarnessError
+from harness.fsio import sha256_file
+
+
+def write_shard(path: Path, n_tokens: int, magic=20240520, version=1, count=None, seed=0):
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = [magic, version, n_tokens if count is None else count]
+    tokens = np.random.default_rng(seed).integers(0, 50257, n_tokens).astype("<u2")
+    tokens[0] = 50256
+    path.write_bytes(header.tobytes() + tokens.tobytes())
+    return path
+
+
+def make_source(folder: Path, n_train: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_shard(folder / data.VAL_SHARD, 500, seed=99)
+    for i in range(1, n_train + 1):
+        write_shard(folder / data.train_shard(i), 1000 + i, seed=i)
+    return folder
+
+
+def test_read_header_accepts_good_and_names_the_problem(tmp_path):
+    assert data.read_header(write_shard(tmp_path / "a.bin", 10)) == 10
+    with pytest.raises(HarnessError, match="bad magic"):
+        data.read_header(write_shard(tmp_path / "b.bin", 10, magic=7))
+    with pytest.raises(HarnessError, match="version 2"):
+        data.read_header(write_shard(tmp_path / "c.bin", 10, version=2))
+    with pytest.raises(HarnessError, match="header says 12 tokens"):
+        data.read_header(write_shard(tmp_path / "d.bin", 10, count=12))
+    (tmp_path / "e.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(HarnessError, match="too short"):
+        data.read_header(tmp_path / "e.bin")
+
+
+def test_adopt_from_writes_manifest_and_second_call_verifies(tmp_path, capsys):
+    src = make_source(tmp_path / "proxy", 3)
+    dest = tmp_path / "data"
+    assert data.cmd_data("fineweb", 2, dir=str(dest), from_dir=str(src)) == 0
+    manifest = json.loads((dest / "manifest.json").read_text())
+    files = [e["file"] for e in manifest["shards"]]
+    assert files == [data.VAL_SHARD, data.train_shard(1), data.train_shard(2)]
+    for e in manifest["shards"]:
+        assert e["sha256"] == sha256_file(src / e["file"]) and e["source"].startswith("adopted from")
+    assert manifest["tokens"] == {"val": 500, "train": 1001 + 1002}
+    capsys.readouterr()
+    # second call: everything verified, nothing copied again
+    data.cmd_data("fineweb", 2, dir=str(dest), from_dir=str(src))
+    out = capsys.readouterr().out
+    assert out.count("ok (verified)") == 3 and "fetched" not in out
+
+
+def test_too_few_shards_is_one_clear_error_naming_them(tmp_path):
+    src = make_source(tmp_path / "proxy", 2)
+    with pytest.raises(HarnessError) as e:
+        data.cmd_data("fineweb", 5, dir=str(tmp_path / "d"), from_dir=str(src))
+    msg = str(e.value)
+    assert "3 of 6 shard(s) missing" in msg and data.train_shard(3) in msg and data.train_shard(5) in msg
+    assert not (tmp_path / "d" / "manifest.json").exists(), "nothing is written when the request cannot be met"
+
+
+def test_corrupted_shard_is_detected_not_replaced(tmp_path):
+    src = make_source(tmp_path / "proxy", 1)
+    dest = tmp_path / "data"
+    data.cmd_data("fineweb", 1, dir=str(dest), from_dir=str(src))
+    shard = dest / data.train_shard(1)
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    before = (dest / "manifest.json").read_text()
+    with pytest.raises(HarnessError, match="sha256 differs"):
+        data.cmd_data("fineweb", 1, dir=str(dest), from_dir=str(src))
+    assert (dest / "manifest.json").read_text() == before
+
+
+def test_download_path_uses_the_downloader_and_validates(tmp_path, monkeypatch):
+    src = make_source(tmp_path / "hub", 2)
+    calls = []
+
+    def fake_download(name, dest_dir):
+        calls.append(name)
+        out = Path(dest_dir) / name
+        out.write_bytes((src / name).read_bytes())
+        return out
+
+    monkeypatch.setattr(data, "hf_download", fake_download)
+    dest = tmp_path / "data"
+    assert data.cmd_data("fineweb", 2, dir=str(dest)) == 0
+    assert calls == [data.VAL_SHARD, data.train_shard(1), data.train_shard(2)]
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert {e["source"] for e in manifest["shards"]} == {"huggingface:kjj0/fineweb10B-gpt2"}
+    # a later call with more shards fetches only the new one
+    write_shard(src / data.train_shard(3), 77, seed=3)
+    calls.clear()
+    data.cmd_data("fineweb", 3, dir=str(dest))
+    assert calls == [data.train_shard(3)]
+
+
+def test_downloaded_garbage_is_rejected(tmp_path, monkeypatch):
+    def fake_download(name, dest_dir):
+        out = Path(dest_dir) / name
+        out.write_bytes(b"<html>rate limited</html>" + b"\x00" * 2000)
+        return out
+
+    monkeypatch.setattr(data, "hf_download", fake_download)
+    with pytest.raises(HarnessError, match="bad magic"):
+        data.cmd_data("fineweb", 1, dir=str(tmp_path / "d"))
+
+
+def test_missing_huggingface_hub_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_hub(name, *a, **k):
+        if name.startswith("huggingface_hub"):
+            raise ImportError("No module named 'huggingface_hub'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    with pytest.raises(HarnessError, match="huggingface_hub"):
+        data.cmd_data("fineweb", 1, dir=str(tmp_path / "d"))
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(HarnessError, match="between 1 and 103"):
+        data.cmd_data("fineweb", 0, dir=str(tmp_path))
+    with pytest.raises(HarnessError, match="unknown dataset"):
+        data.cmd_data("openwebtext", 1, dir=str(tmp_path))
+    with pytest.raises(HarnessError, match="not a folder"):
+        data.cmd_data("fineweb", 1, dir=str(tmp_path), from_dir=str(tmp_path / "nope"))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text("{not json")
+    with pytest.raises(HarnessError, match="not valid JSON"):
+        data.cmd_data("fineweb", 1, dir=str(tmp_path / "m"), from_dir=str(make_source(tmp_path / "s", 1)))
+
+
+def test_real_proxy_shards_validate():
+    proxy = Path(__file__).resolve().parents[1] / ".carry" / "proxy"
+    if not proxy.is_dir():
+        pytest.skip("proxy shards not present")
+    assert data.read_header(proxy / data.VAL_SHARD) == 5_000_000
