@@ -59,3 +59,16 @@ def test_verify_catches_a_log_cut_off_midway(tiny_campaign, tmp_path):
     r = run_cli("verify", copy)
     assert r.returncode == 1
     assert re.search(r"every log reached its final step\s*│\s*FAIL", r.stdout), r.stdout
+
+
+def test_two_rank_campaign_through_torchrun_matches_one_process(tiny_campaign, tmp_path):
+    # Multi-rank path on CPU: torchrun --standalone with 2 gloo ranks, one log from rank 0, same math.
+    out, _ = tiny_campaign
+    r = run_cli("run", "tiny", "--runs", "1", "--nproc", "2", "--out", tmp_path / "two", "--quiet", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    two = json.loads((tmp_path / "two" / "runs" / "0" / "run.json").read_text())
+    one = json.loads((out / "runs" / "0" / "run.json").read_text())
+    assert "torch.distributed.run" in two["command"] and "--nproc_per_node=2" in two["command"]
+    assert len(list((tmp_path / "two" / "runs" / "0" / "logs").glob("*.txt"))) == 1
+    assert two["seed"] == one["seed"] == 0
+    assert abs(two["final_val_loss"] - one["final_val_loss"]) <= 2e-3
