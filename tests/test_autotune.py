@@ -145,14 +145,18 @@ def test_short_kernels_frozen_config_lookup(tmp_path):
         cfg = {{"BLOCK": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3, "ms": 0.1}}
         p.write_text(json.dumps({{"format": 1, "configs": {{gpu: {{ver: {{"b1_m8_k8_noc": cfg}}}}}}}}))
         print(k.lookup_config("b1_m8_k8_noc", p))
+        assert k.FALLBACKS == []
         print(k.lookup_config("b2_m8_k8_noc", p))
+        k.lookup_config("b2_m8_k8_noc", p)
+        assert len(k.FALLBACKS) == 1  # noted once per key
+        print(k.FALLBACKS[0])
     ''')
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "{'BLOCK': 64, 'BLOCK_K': 32, 'num_warps': 4, 'num_stages': 3}"
-    assert "no frozen config" in lines[1] and "b2_m8_k8_noc" in lines[1]
-    assert lines[2] == "{'BLOCK': 128, 'BLOCK_K': 64, 'num_warps': 8, 'num_stages': 4}"  # DEFAULT_CONFIG
+    assert lines[1] == "{'BLOCK': 128, 'BLOCK_K': 64, 'num_warps': 8, 'num_stages': 4}"  # DEFAULT_CONFIG
+    assert "no frozen config" in lines[2] and "b2_m8_k8_noc" in lines[2]
 
 
 def test_real_kernel_through_triton_interpreter(tmp_path):

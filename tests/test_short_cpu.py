@@ -282,3 +282,13 @@ def test_training_script_end_to_end_tiny_cpu(tmp_path):
     parsed = parse_log(text)
     assert parsed.reached_final and parsed.final_step == 4 and parsed.total_steps == 4
     assert parsed.final_val_loss == pytest.approx(vals[-1])
+
+
+def test_track_toml_frozen_hashes_match_files():
+    """A frozen file changes only together with its sha256 in track.toml (a new record)."""
+    from harness.tracks import load_track
+
+    track = load_track("short")
+    assert set(track.frozen) == {"train_gpt.py", "kernels.py", "triton_configs.json"}
+    assert track.frozen_mismatches() == []
+    assert track.final_step == 1575 and track.nproc == 8 and track.target == 3.28

@@ -8,7 +8,7 @@ uses it twice per iteration: A = X X^T (beta = 0) and B = b*A + c*A A^T (X = A, 
 
 Launch configs are frozen in `triton_configs.json` beside this file, keyed by GPU name, Triton version and
 problem shape; `speedrun autotune short` rewrites that file (harness/autotune.py). A missing entry falls back
-to DEFAULT_CONFIG and says so once on stdout. Nothing is autotuned at run time, so every run of the same
+to DEFAULT_CONFIG and is noted once in FALLBACKS, which the training script writes to its log. Nothing is autotuned at run time, so every run of the same
 environment launches the same kernels.
 
 This module is also the autotuner's interface: PROBLEMS, candidate_configs(), make_inputs(), launch(),
@@ -73,7 +73,7 @@ def candidate_configs() -> list[dict]:
 # ---------------------------------------------------------------------------------------------- frozen configs
 
 _frozen_cache: dict | None = None
-_warned: set[str] = set()
+FALLBACKS: list[str] = []  # one line per problem key that had no frozen config (the training log prints them)
 
 
 def _environment_keys() -> tuple[str, str]:
@@ -98,10 +98,9 @@ def lookup_config(key: str, path: Path | None = None) -> dict:
     gpu, version = _environment_keys()
     entry = table.get("configs", {}).get(gpu, {}).get(version, {}).get(key)
     if entry is None:
-        if key not in _warned:
-            _warned.add(key)
-            print(f"triton_configs: no frozen config for gpu={gpu!r} triton={version} {key}; using default {DEFAULT_CONFIG}",
-                  flush=True)
+        note = f"triton_configs: no frozen config for gpu={gpu!r} triton={version} {key}; using default {DEFAULT_CONFIG}"
+        if note not in FALLBACKS:
+            FALLBACKS.append(note)
         return dict(DEFAULT_CONFIG)
     return {k: int(entry[k]) for k in ("BLOCK", "BLOCK_K", "num_warps", "num_stages")}
 

@@ -869,12 +869,12 @@ def main():
             model.split_embed()
 
     @torch.no_grad()
-    def validate(stage: Stage) -> float:
+    def validate(stage: Stage, batches: int | None = None) -> float:
         model.eval()
         loader = BosRowLoader(val_files, hp.val_seq_len, rank, world_size, cycle=False)
         windows = torch.tensor(stage.windows, dtype=torch.int32, device=device)
         total = torch.zeros((), device=device)
-        n = hp.val_tokens // val_chunk
+        n = batches or hp.val_tokens // val_chunk
         for _ in range(n):
             inputs, targets = loader.next_batch(hp.val_rows)
             _, loss = compiled(inputs.to(device), targets.to(device), windows, (1.0,))
@@ -898,17 +898,23 @@ def main():
         train_step(stage, warm_loader, muon, adam, lr_mult=0.0, momentum=hp.muon_momentum_end)
         sync()
         log(f"warmup: stage {stage.name} compiled and ran one step in {1000 * (time.perf_counter() - t0):.0f}ms")
+        if stage is STAGES[0] or stage is EXTENSION:  # validation graphs: tied head (early), untied (late)
+            t0 = time.perf_counter()
+            validate(stage, batches=1)
+            sync()
+            log(f"warmup: validation graph ({'tied' if stage.tied_head else 'untied'} head) "
+                f"in {1000 * (time.perf_counter() - t0):.0f}ms")
         previous = stage
-    hp_val_tokens = hp.val_tokens
-    hp.val_tokens = val_chunk  # one validation micro-batch compiles the validation graph
-    validate(EXTENSION)
-    hp.val_tokens = hp_val_tokens
     model.load_state_dict(initial_state)
     model.tied = True
     model.reset_windows()
     del warm_loader
     sync()
     log(f"compile_and_warmup_time:{1000 * (time.perf_counter() - t_warm):.0f}ms")
+    for note in kernels.FALLBACKS:
+        log(note)
+    if on_gpu and not kernels.FALLBACKS:
+        log(f"triton_configs: frozen configs for {torch.cuda.get_device_name()!r} from {kernels.CONFIG_PATH.name}")
 
     # -------- training
     muon, adam = build_optimizers(model, hp, rank, world_size)
