@@ -71,7 +71,7 @@ class Hyperparameters:
     val_rows: int = 8  # rows per validation micro-batch per GPU
     total_accumulation: int = 8  # world_size * grad_accum_steps
     # optimizer
-    batch_divisor: int = 1  # SPEEDRUN_TINY smoke mode divides every batch by 512
+    batch_divisor: int = 1  # SPEEDRUN_TINY smoke mode divides every batch by 256
     tiny: bool = False
     muon_lr: float = 0.023
     muon_momentum_start: float = 0.85
@@ -95,9 +95,8 @@ def read_hyperparameters(env=None) -> Hyperparameters:
     hp.val_every = int(env.get("SPEEDRUN_VAL_EVERY", hp.val_every))
     if env.get("SPEEDRUN_TINY") == "1":
         # Smoke mode for the script's plumbing (CPU or GPU, seconds): a 4-layer width-64 model, 256-token rows,
-        # batches / 512 and no gradient accumulation. Not the recipe: its losses mean nothing.
-        hp.tiny, hp.batch_divisor = True, 512
-        hp.total_accumulation = int(env.get("WORLD_SIZE", 1))
+        # batches / 256, accumulation 2 // world_size (1 or 2 processes). Not the recipe: its losses mean nothing.
+        hp.tiny, hp.batch_divisor, hp.total_accumulation = True, 256, 2
         hp.train_seq_len, hp.val_seq_len, hp.val_rows = 256, 256, 2
     if hp.num_iterations < 1 or hp.extension_iterations < 0 or hp.val_every < 1 or hp.val_tokens < 1:
         raise ValueError("SPEEDRUN_* overrides must be positive (extension may be 0)")
@@ -616,6 +615,39 @@ def join_float32(weight_bf16: torch.Tensor, mantissa: torch.Tensor) -> torch.Ten
     return (hi | lo).view(torch.float32)
 
 
+def _nccl() -> bool:
+    return dist.get_backend() == "nccl"
+
+
+def all_reduce_mean(t: torch.Tensor):
+    if _nccl():
+        dist.all_reduce(t, op=dist.ReduceOp.AVG)
+    else:  # gloo (CPU smoke runs) has no AVG
+        dist.all_reduce(t)
+        t.div_(dist.get_world_size())
+
+
+def reduce_scatter_mean(stack: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's 1/world_size slice (along dim 0) of the mean of `stack` over ranks."""
+    per_rank = stack.size(0) // world_size
+    if _nccl():
+        local = torch.empty(per_rank, *stack.shape[1:], dtype=stack.dtype, device=stack.device)
+        dist.reduce_scatter_tensor(local, stack, op=dist.ReduceOp.AVG)
+        return local
+    all_reduce_mean(stack)
+    return stack[rank * per_rank:(rank + 1) * per_rank]
+
+
+def all_gather_cat(local: torch.Tensor, world_size: int) -> torch.Tensor:
+    if _nccl():
+        out = torch.empty(local.size(0) * world_size, *local.shape[1:], dtype=local.dtype, device=local.device)
+        dist.all_gather_into_tensor(out, local.contiguous())
+        return out
+    parts = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts)
+
+
 class Muon:
     """Momentum + Polar Express orthogonalization for the bf16 weight matrices of the blocks.
 
@@ -668,20 +700,12 @@ class Muon:
             stack = torch.zeros(per_rank * self.world_size, *shape, dtype=torch.float32, device=self.params[0].device)
             for i, (p, index, transposed, _) in enumerate(members):
                 stack[i] = self._view(grads[p], index, transposed, shape[0] if index is not None else 0)
-            if self.world_size > 1:
-                local = torch.empty(per_rank, *shape, dtype=torch.float32, device=stack.device)
-                dist.reduce_scatter_tensor(local, stack, op=dist.ReduceOp.AVG)
-            else:
-                local = stack
+            local = reduce_scatter_mean(stack, self.rank, self.world_size) if self.world_size > 1 else stack
             buf = self.buffers[shape]
             buf.lerp_(local, 1 - self.momentum)
             nesterov = local.lerp(buf, self.momentum)
             ortho = polar_express(nesterov, self.use_triton)
-            if self.world_size > 1:
-                gathered = torch.empty(per_rank * self.world_size, *shape, dtype=ortho.dtype, device=ortho.device)
-                dist.all_gather_into_tensor(gathered, ortho.contiguous())
-            else:
-                gathered = ortho
+            gathered = all_gather_cat(ortho, self.world_size) if self.world_size > 1 else ortho
             for i, (p, index, transposed, scale) in enumerate(members):
                 target = self._view(updates[p], index, transposed, shape[0] if index is not None else 0)
                 target.copy_(gathered[i].float() * scale)
@@ -856,7 +880,7 @@ def main():
             for p in g["params"]:
                 if p in grads:
                     if world_size > 1:
-                        dist.all_reduce(grads[p], op=dist.ReduceOp.AVG)
+                        all_reduce_mean(grads[p])
                     adam_grads[p] = grads[p]
         muon.momentum = momentum
         adam.step(adam_grads, lr_mult)
@@ -881,7 +905,7 @@ def main():
             total += loss
         total /= n
         if world_size > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            all_reduce_mean(total)
         model.train()
         return total.item()
 
