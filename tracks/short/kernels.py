@@ -18,7 +18,6 @@ reference(), problem_key(). It imports without CUDA (and without Triton: then on
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
