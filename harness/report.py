@@ -59,7 +59,7 @@ def record_markdown(campaign_dir: str | Path) -> str:
     if losses:
         lines.append(_fence(render_block(losses, times, target)))
         seq = campaign.get("until_significant")
-        if seq and seq.get("kind", "one-sample") == "one-sample":  # a comparison reports its own rule
+        if seq:  # the loss claim's own anytime-valid line (a comparison adds its time line below)
             lines.append(_sequential_line(losses, target, alpha))
     else:
         lines.append("No run finished successfully: there is no block to report.\n")
