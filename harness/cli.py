@@ -154,8 +154,21 @@ def dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _interrupt_on_sigterm() -> None:
+    """A CI cancel or `timeout` sends SIGTERM: stop like Ctrl-C, so the current run's process group is
+    stopped and the campaign is marked interrupted (resumable) rather than left half-written."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # as a program, not when tests call main() in-process
+        _interrupt_on_sigterm()
     try:
         return dispatch(args)
     except HarnessError as e:

@@ -182,3 +182,20 @@ def test_printed_block_pastes_back_as_python(tmp_path):
     with contextlib.redirect_stdout(buf):
         exec(code, {})
     assert buf.getvalue().splitlines() == [ln[2:] for ln in code.splitlines() if ln.startswith("# ")]
+
+
+def test_sigterm_stops_the_run_and_marks_the_campaign_interrupted(tmp_path):
+    out = tmp_path / "camp"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "harness", "run", str(FAKE), "--runs", "2", "--out", str(out), "--quiet",
+           "--no-telemetry", "--env", "FAKE_MODE=hang"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "runs" / "0" / "output.txt"
+    assert _wait_for(lambda: log.exists() and "about to hang" in log.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert json.loads((out / "campaign.json").read_text())["status"] == "interrupted"
+    pid = int(log.read_text().split("about to hang pid=")[1].split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
