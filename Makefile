@@ -9,7 +9,7 @@ RUNS ?= 8
 SHARDS ?= 9
 ARGS ?=
 
-.PHONY: setup test demo short medium tiny verify-record data ci-gpu clean
+.PHONY: setup test demo short medium tiny verify-record data ci-gpu bench-sequential bench-telemetry clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,14 @@ data: setup
 # GPU CI (rented H100 nodes): uses the node's own python3 unless PYTHON is given.
 ci-gpu:
 	bash scripts/ci-gpu.sh
+
+# Simulated error rate and runs saved of --until-significant (CPU, ~1 min at 100k simulations).
+bench-sequential: setup
+	$(SPEEDRUN) bench-sequential --sims 100000
+
+# Telemetry sampler overhead, A/B interleaved on a training-like loop (GPU node, node's python3).
+bench-telemetry:
+	PYTHONPATH=. $(PYTHON) -m harness.telemetry.bench overhead --rounds 10 --steps 100 --out results/bench_sampler_overhead.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
