@@ -177,21 +177,25 @@ def launch_command(arm: Arm) -> list[str]:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Stop the run's whole process group (torchrun and every rank): TERM, then KILL after a grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            # Ranks may outlive the leader; make sure the group is empty before returning.
-        except subprocess.TimeoutExpired:
-            continue
+    """Stop the run's whole process group (torchrun and every rank): TERM, a grace period, then KILL."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    _reap_group(proc)
+
+
+def _reap_group(proc: subprocess.Popen) -> None:
+    """Ranks can outlive the leader; none may hold the GPU into the next run."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
 def _log_files(run_dir: Path) -> list[Path]:
@@ -247,16 +251,12 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
             reader.join(timeout=5)
             _stop_telemetry(sampler)
             result = {"index": index, "arm": arm.name, "seed": seed, "status": "interrupted",
-                      "reason": "interrupted by the user (Ctrl-C)", "started_unix": started,
+                      "reason": "interrupted (Ctrl-C or SIGTERM)", "started_unix": started,
                       "ended_unix": time.time()}
             write_json_atomic(run_dir / "run.json", result)
             raise
         returncode = proc.wait()
-        # Ranks of torchrun can linger after the leader; the group must be gone before the next run.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _reap_group(proc)
         reader.join(timeout=5)
     ended = time.time()
     _stop_telemetry(sampler)
