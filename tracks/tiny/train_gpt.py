@@ -363,6 +363,8 @@ def main():
         allocated = reserved = maxrss // (2**20 if sys.platform == "darwin" else 2**10)
     print0(f"peak memory allocated: {allocated} MiB reserved: {reserved} MiB")
     if world > 1:
+        # Both ranks leave together: a rank tearing gloo down while the other still talks aborts (SIGABRT).
+        dist.barrier()
         dist.destroy_process_group()
 
 
