@@ -126,6 +126,7 @@ class RunProgress:
     last_output: float = field(default_factory=time.time)
     first_step_unix: float | None = None
     final_step_unix: float | None = None
+    last_step_unix: float | None = None  # a run that never finishes: its window ends at its last step line
     nonfinite: str | None = None
     log_offsets: dict = field(default_factory=dict)  # log file -> bytes already read by _follow_log
 
@@ -138,6 +139,7 @@ class RunProgress:
         self.step, self.total = step, total
         if self.first_step_unix is None:
             self.first_step_unix = self.last_output
+        self.last_step_unix = self.last_output
         if m.group(3) is not None:
             try:
                 loss = float(m.group(3))
@@ -313,8 +315,8 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
         elif parsed.final_val_loss is None or not math.isfinite(parsed.final_val_loss):
             status, reason = "failed", f"non-finite final val_loss ({parsed.final_val_loss})"
     window = None
-    if progress.first_step_unix and progress.final_step_unix:
-        window = [progress.first_step_unix, progress.final_step_unix]
+    if progress.first_step_unix:
+        window = [progress.first_step_unix, progress.final_step_unix or progress.last_step_unix]
     expected = arm.track.final_step
     return {
         "index": index,

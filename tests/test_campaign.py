@@ -55,6 +55,9 @@ def test_failed_runs_are_recorded_and_the_campaign_goes_on(tmp_path, fake_track,
     assert camp["status"] == "complete"
     assert [r["status"] for r in runs] == ["failed", "failed"]
     assert all(reason in r["reason"] for r in runs), runs[0]["reason"]
+    # The window of a run that never finished ends at its last step line (telemetry is summarised over it).
+    start, end = runs[0]["timed_window_unix"]
+    assert start < end <= runs[0]["ended_unix"]
     assert "No run finished successfully" in (out / "record.md").read_text()
 
 
