@@ -14,7 +14,9 @@ SPEEDRUN_NUM_ITERATIONS, SPEEDRUN_EXTENSION_ITERATIONS, SPEEDRUN_VAL_TOKENS, SPE
 
 The log follows the competition's protocol (source, versions, nvidia-smi, step lines, peak memory), written to
 logs/<uuid>.txt and stdout. Lines that are not step lines (compile time, per-stage step time) are extra
-information that log parsers skip. Nothing is downloaded at run time: FlexAttention is the attention backend.
+information that log parsers skip; among them `train_loss:` lines at each validation (the training loss since
+the last one) and, if the training loss stops being finite, an `error:` line and `nonfinite:` lines before the
+run stops with exit code 1. Nothing is downloaded at run time: FlexAttention is the attention backend.
 Importing this file does no CUDA work (the CPU tests import it to check the data loader and schedules).
 """
 
@@ -799,6 +801,41 @@ def environment_header() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Divergence guard: the training loss is kept on the device every step (no synchronization); it is printed at
+# each validation and a non-finite value stops the run with a report of where the non-finite values are.
+
+
+def train_loss_line(losses: torch.Tensor, first: int, last: int) -> str:
+    """One log line for the next-token training losses of steps first..last (1-based, as the step lines count).
+
+    It starts with `train_loss:`, never `step:`: the step lines are the competition's protocol and stay as they are.
+    """
+    window = losses[first - 1:last].double().cpu()
+    finite = torch.isfinite(window)
+    text = f"train_loss: steps {first}-{last} last:{window[-1].item():.4f} mean:{window.mean().item():.4f}"
+    if not finite.all():
+        text += f" first_nonfinite_step:{first + int(torch.nonzero(~finite)[0])}"
+    return text
+
+
+def nonfinite_report(model: nn.Module, muon: Muon, adam: Adam) -> list[str]:
+    """Where the non-finite values are after a non-finite training loss (parameters, optimizer state)."""
+    def bad(t: torch.Tensor) -> bool:
+        return not bool(torch.isfinite(t).all())
+
+    names = {p: n for n, p in model.named_parameters()}
+    params = [n for n, p in model.named_parameters() if bad(p)]
+    adam_state = [f"{names[p]}.{k}" for p, st in adam.state.items() for k in ("m", "v") if bad(st[k])]
+    muon_state = [f"momentum{tuple(shape)}" for shape, buf in muon.buffers.items() if bad(buf)]
+    return [
+        f"nonfinite: parameters: {', '.join(params) or 'none'}",
+        f"nonfinite: adam state: {', '.join(adam_state) or 'none'}; muon momentum: {', '.join(muon_state) or 'none'}",
+        "nonfinite: (finite parameters with a non-finite loss point at the forward pass: a kernel, the compiled "
+        "graph or an overflow in the activations; non-finite parameters point at the optimizer step before)",
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -863,13 +900,17 @@ def main():
         rows = stage.batch_tokens // hp.batch_divisor // hp.total_accumulation // hp.train_seq_len
         windows = torch.tensor(stage.windows, dtype=torch.int32, device=device)
         grads = {}
+        loss_sum = torch.zeros((), device=device)  # weighted MTP loss, to catch any non-finite value
+        next_sum = torch.zeros((), device=device)  # next-token loss, comparable to val_loss
         for _ in range(grad_accum):
             inputs, targets = loader.next_batch(rows)
             if on_gpu:
                 inputs = inputs.pin_memory().to(device, non_blocking=True)
                 targets = targets.pin_memory().to(device, non_blocking=True)
-            loss, _ = compiled(inputs, targets, windows, stage.mtp_weights)
+            loss, next_loss = compiled(inputs, targets, windows, stage.mtp_weights)
             (loss / grad_accum).backward()
+            loss_sum += loss.detach()
+            next_sum += next_loss.detach()
             for p in model.parameters():  # accumulate in float32 (the Muon weights and their grads are bf16)
                 if p.grad is not None:
                     g = p.grad.float()
@@ -885,6 +926,8 @@ def main():
         muon.momentum = momentum
         adam.step(adam_grads, lr_mult)
         muon.step(grads, lr_mult)
+        # the next-token loss, or NaN when any part of the loss was non-finite
+        return torch.where(torch.isfinite(loss_sum), next_sum, torch.nan) / grad_accum
 
     def enter_stage(old: Stage | None, new: Stage):
         if old is not None and old.windows != new.windows:
@@ -919,9 +962,10 @@ def main():
     for stage in list(STAGES) + [EXTENSION]:
         enter_stage(previous, stage)
         t0 = time.perf_counter()
-        train_step(stage, warm_loader, muon, adam, lr_mult=0.0, momentum=hp.muon_momentum_end)
+        warm_loss = train_step(stage, warm_loader, muon, adam, lr_mult=0.0, momentum=hp.muon_momentum_end)
         sync()
-        log(f"warmup: stage {stage.name} compiled and ran one step in {1000 * (time.perf_counter() - t0):.0f}ms")
+        log(f"warmup: stage {stage.name} compiled and ran one step in {1000 * (time.perf_counter() - t0):.0f}ms "
+            f"(train loss {warm_loss.item():.4f})")
         if stage is STAGES[0] or stage is EXTENSION:  # validation graphs: tied head (early), untied (late)
             t0 = time.perf_counter()
             validate(stage, batches=1)
@@ -947,13 +991,59 @@ def main():
     training_time_ms = 0.0
     timings: dict[str, StageTiming] = {}
     stage = None
+    # Divergence guard. train_losses[i] is the next-token loss of step i+1 (NaN if any part of its loss was not
+    # finite), written on the device; nonfinite is set by the first non-finite one. A pinned host copy of the
+    # flag is made without waiting, so a single process sees it a step or two later at no cost; with several
+    # processes the flag is agreed on at the validation steps only (all ranks must stop at the same point), and
+    # the printed losses are rank 0's share of each batch.
+    train_losses = torch.zeros(total_steps, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    nonfinite_host = torch.zeros((), dtype=torch.bool, pin_memory=on_gpu)
+    last_reported = 0
+
+    def stop_on_nonfinite(step: int):
+        sync()
+        if step > last_reported:
+            log(train_loss_line(train_losses, last_reported + 1, step))
+        losses = train_losses[:step].cpu()
+        bad = torch.nonzero(~torch.isfinite(losses))
+        first = 1 + int(bad[0]) if len(bad) else step + 1  # else: finite losses, but a weight is not finite
+        before = " ".join(f"{v:.4f}" for v in losses[max(0, first - 9):first - 1].tolist())
+        if len(bad):
+            log(f"error: the training loss is not finite from step {first} on (checked at step {step}); "
+                f"stopping the run")
+        else:
+            log(f"error: a weight or optimizer state is not finite after step {step} (the training loss was "
+                f"finite up to there); stopping the run before validation")
+        # a loss that climbs before the NaN is a divergence; a NaN right after ordinary losses is a numerical fault
+        log(f"nonfinite: training losses of the steps before step {first}: {before or 'none'}")
+        for line in nonfinite_report(model, muon, adam):
+            log(line)
+        if world_size > 1:
+            dist.destroy_process_group()
+        sys.exit(1)
+
     sync()
     t0 = time.perf_counter()
     for step in range(total_steps + 1):
         last = step == total_steps
+        if world_size == 1 and nonfinite_host.item():
+            stop_on_nonfinite(step)
         if last or step % hp.val_every == 0:
             sync()
             training_time_ms += 1000 * (time.perf_counter() - t0)
+            if step > 0:
+                # the weights too (validation time is not training time): a weight the last optimizer step made
+                # non-finite would otherwise first show as val_loss:nan
+                nonfinite |= ~torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+                if world_size > 1:
+                    flag = nonfinite.float()
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    nonfinite.copy_(flag > 0)
+                if nonfinite.item():
+                    stop_on_nonfinite(step)
+                log(train_loss_line(train_losses, last_reported + 1, step))
+                last_reported = step
             if stage is None:
                 stage = stage_at(0, hp)
                 enter_stage(None, stage)
@@ -974,7 +1064,10 @@ def main():
         if new_stage.name not in timings:
             timings[new_stage.name] = StageTiming(first_step=step)
         timing = timings[new_stage.name]
-        train_step(new_stage, loader, muon, adam, lr_multiplier(step, hp), muon_momentum(step, hp))
+        step_loss = train_step(new_stage, loader, muon, adam, lr_multiplier(step, hp), muon_momentum(step, hp))
+        train_losses[step] = step_loss
+        nonfinite |= ~torch.isfinite(step_loss)
+        nonfinite_host.copy_(nonfinite, non_blocking=True)
         timing.steps += 1
         # steady-state time per stage: synchronized clock readings after the stage's 5th step and at its end
         if timing.steps == 5 or stage_at(step + 1, hp) is not new_stage or step + 1 == total_steps:
