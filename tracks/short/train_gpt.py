@@ -952,6 +952,30 @@ def main():
         model.train()
         return total.item()
 
+    @torch.no_grad()
+    def forward_probe(stage: Stage) -> str:
+        """After a non-finite training loss with finite weights: one validation batch through the compiled model
+        (its validation graph is already compiled), the eager model, and the eager model with a bf16 head instead
+        of FP8. A finite eager loss beside a non-finite compiled one points at the compiled graph; a finite bf16
+        head loss beside a non-finite FP8 one at the FP8 head."""
+        loader = BosRowLoader(val_files, hp.val_seq_len, rank, world_size, cycle=False)
+        inputs, targets = (t.to(device) for t in loader.next_batch(hp.val_rows))
+        windows = torch.tensor(stage.windows, dtype=torch.int32, device=device)
+        fp8 = cfg.use_fp8_head
+        results = []
+        model.eval()
+        for name, forward, use_fp8 in (("compiled", compiled, fp8), ("eager", model, fp8),
+                                       ("eager_bf16_head", model, False)):
+            cfg.use_fp8_head = use_fp8
+            try:
+                results.append(f"{name}:{forward(inputs, targets, windows, (1.0,))[1].item():.4f}")
+            except Exception as e:  # a diagnosis must not hide the report above (e.g. eager attention out of memory)
+                results.append(f"{name}:failed({type(e).__name__})")
+            finally:
+                cfg.use_fp8_head = fp8
+        model.train()
+        return f"nonfinite: forward probe, one validation batch with the current weights: {' '.join(results)}"
+
     # -------- compile and warm-up: run every stage's graph once and the validation graph, then restore the
     # initial weights. Not part of train_time.
     sync()
@@ -1019,6 +1043,8 @@ def main():
         log(f"nonfinite: training losses of the steps before step {first}: {before or 'none'}")
         for line in nonfinite_report(model, muon, adam):
             log(line)
+        if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            log(forward_probe(stage))
         if world_size > 1:
             dist.destroy_process_group()
         sys.exit(1)
