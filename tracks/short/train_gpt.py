@@ -1117,6 +1117,7 @@ def main():
     reserved = torch.cuda.max_memory_reserved() if on_gpu else 0
     log(f"peak memory allocated: {allocated // 1024 // 1024} MiB reserved: {reserved // 1024 // 1024} MiB")
     if world_size > 1:
+        dist.barrier()  # leave together: a rank tearing gloo/NCCL down while another still talks can abort
         dist.destroy_process_group()
 
 
