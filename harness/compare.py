@@ -221,7 +221,7 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
     pairs = pair_differences(runs)
     if pairs:
         lines.append("")
-        lines.append(f"Per-pair time differences (candidate - baseline, s): "
+        lines.append("Per-pair time differences (candidate - baseline, s): "
                      + ", ".join(f"{x:+.3f}" for x in pairs))
     seq = campaign.get("until_significant")
     if seq and len(pairs) >= 1:

@@ -24,3 +24,18 @@ def run_cli(*args, env=None, timeout=300, cwd=None):
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd or REPO)
+
+
+def load_module(name: str, path):
+    """Import a track file by path, once per test session (tracks are scripts, not packages).
+
+    Registered in sys.modules before it runs: dataclasses look their module up there."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -63,8 +63,8 @@ def test_gpu_model_and_count(tmp_path):
 
 def test_unknown_pin_key_is_a_mismatch(tmp_path):
     track, _ = make_track(tmp_path, {"cudnn": "9.1"})
-    assert check_pins(track, H100_FP) == [f"cudnn: unknown pin in track.toml (known: driver, cuda_driver, cuda, "
-                                          f"torch, triton, nccl, python, gpu, gpu_count)"]
+    assert check_pins(track, H100_FP) == ["cudnn: unknown pin in track.toml (known: driver, cuda_driver, cuda, "
+                                          "torch, triton, nccl, python, gpu, gpu_count)"]
 
 
 def test_modified_frozen_file_is_not_record_grade(tmp_path):

@@ -3,7 +3,6 @@ the schedules at their boundaries, block masks, YaRN, mantissa split, Polar Expr
 
 The track is imported by path (it never imports the harness, and the harness never imports it)."""
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -12,18 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_module
+
 TRACK = Path(__file__).resolve().parents[1] / "tracks" / "short"
 
 
 @pytest.fixture(scope="module")
 def tg():
-    name = "short_train_gpt_cpu"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TRACK / "train_gpt.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return load_module("short_train_gpt_cpu", TRACK / "train_gpt.py")
 
 
 def write_shard(path: Path, tokens, magic=20240520, version=1, count=None):

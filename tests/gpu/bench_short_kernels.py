@@ -4,25 +4,19 @@ Run: pytest tests/gpu/bench_short_kernels.py --benchmark-only   (file name is no
 Each benchmark times one call including a torch.cuda.synchronize, on the real model's shapes.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import load_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TRACK = Path(__file__).resolve().parents[2] / "tracks" / "short"
 
 
 def _load(name, file):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TRACK / file)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(name, TRACK / file)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
 """GPU correctness tests of the short track (skipped without CUDA): Triton X X^T kernel, Polar Express,
 the Muon update with mantissa buffers, the full model forward+backward at small size, FP8 lm_head."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import load_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -14,13 +14,7 @@ TRACK = Path(__file__).resolve().parents[2] / "tracks" / "short"
 
 
 def _load(name, file):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TRACK / file)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(name, TRACK / file)
 
 
 @pytest.fixture(scope="module")
