@@ -143,7 +143,10 @@ def test_bad_arguments(tmp_path):
 
 
 def test_real_proxy_shards_validate():
-    proxy = Path(__file__).resolve().parents[1] / ".carry" / "proxy"
-    if not proxy.is_dir():
+    repo = Path(__file__).resolve().parents[1]
+    # The offline proxy shards: copied beside a dev checkout, or in the shared folder CI places next to it.
+    found = [p for p in (repo / ".carry" / "proxy", repo.parent / "shared" / "data" / "proxy") if p.is_dir()]
+    if not found:
         pytest.skip("proxy shards not present")
+    proxy = found[0]
     assert data.read_header(proxy / data.VAL_SHARD) == 5_000_000
