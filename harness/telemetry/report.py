@@ -17,6 +17,10 @@ MIN_REL_CLOCK_DEV = 0.01
 # Power-cap time (a fraction of the timed window) must exceed the campaign's median by at least this much.
 POWER_CAP_FRACTION_DEV = 0.10
 MIN_RUNS_FOR_OUTLIERS = 3  # with fewer runs there is no 'usual' to stand out from
+# Inside one run on several GPUs every rank waits for the slowest at each collective: a GPU whose mean SM
+# clock is this far under the median of the run's other GPUs sets the pace of the whole run.
+STRAGGLER_REL_CLOCK = 0.01
+LIMITING_REASONS = ("sw_power_cap", "sw_thermal", "hw_thermal", "hw_slowdown", "hw_power_brake")
 
 
 def _fraction(summary: dict, reason: str) -> float:
@@ -114,6 +118,46 @@ def campaign_outliers(run_summaries: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+def gpu_stragglers(run_summaries: list[tuple[str, dict]]) -> list[str]:
+    """For every run on several GPUs: the GPU with the lowest mean SM clock and the GPU with the most
+    throttle time (power cap, thermal, hardware slowdown), named with their numbers, and whether the
+    slowest stands apart from the run's other GPUs by STRAGGLER_REL_CLOCK or more."""
+    lines = []
+    for label, s in run_summaries:
+        gpus = [(g, v) for g, v in ((s or {}).get("per_gpu") or {}).items() if v.get("sm_clock_mean_mhz") is not None]
+        if len(gpus) < 2:
+            continue
+        slow_id, slow = min(gpus, key=lambda gv: gv[1]["sm_clock_mean_mhz"])
+        others = statistics.median(v["sm_clock_mean_mhz"] for g, v in gpus if g != slow_id)
+        gap = (others - slow["sm_clock_mean_mhz"]) / others if others else 0.0
+        verdict = (f"a straggler, {gap:.1%} under the others" if gap >= STRAGGLER_REL_CLOCK
+                   else "within 1% of the others")
+        worst_id, worst = max(gpus, key=lambda gv: _throttle(gv[1], *LIMITING_REASONS))
+        th = worst.get("throttle_s") or {}
+        detail = ", ".join(f"{k} {float(th.get(k) or 0):.1f} s" for k in LIMITING_REASONS if th.get(k))
+        lines.append(
+            f"run {label}: slowest GPU {slow_id} ({slow.get('name') or 'unknown'}) at a mean SM clock of "
+            f"{slow['sm_clock_mean_mhz']:.0f} MHz vs {others:.0f} MHz for the median of the other {len(gpus) - 1}: "
+            f"{verdict}; most throttled GPU {worst_id}: {_throttle(worst, *LIMITING_REASONS):.1f} s"
+            + (f" ({detail})" if detail else ""))
+    return lines
+
+
+def _per_gpu_markdown(run_summaries: list[tuple[str, dict]]) -> list[str]:
+    rows = ["| run | GPU | SM clock mean / p5 (MHz) | power cap (s) | thermal (s) | energy (kJ) | peak temp (°C) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, s in run_summaries:
+        for g, v in sorted(((s or {}).get("per_gpu") or {}).items(), key=lambda gv: int(gv[0])):
+            th = v.get("throttle_s") or {}
+            energy = v.get("energy_j")
+            rows.append(f"| {label} | {g} | {_f(v.get('sm_clock_mean_mhz'))} / {_f(v.get('sm_clock_p5_mhz'))} "
+                        f"| {_f(th.get('sw_power_cap'), '{:.1f}')} "
+                        f"| {float(th.get('sw_thermal') or 0) + float(th.get('hw_thermal') or 0):.1f} "
+                        f"| {_f(energy / 1000 if energy is not None else None, '{:.1f}')} "
+                        f"| {_f(v.get('peak_temp_c'))} |")
+    return rows
+
+
 def _join_w(limits) -> str:
     return "/".join(f"{w:.0f} W" for w in (limits or ())) or "unknown"
 
@@ -162,6 +206,11 @@ def telemetry_markdown(run_summaries: list[tuple[str, dict]]) -> str:
             f"| {_f(s.get('peak_temp_c'))} | {health} |"
         )
     out.append("")
+    stragglers = gpu_stragglers(run_summaries)
+    if stragglers:
+        out += ["Per GPU (every rank waits for the slowest GPU at each collective):", ""]
+        out += _per_gpu_markdown(run_summaries) + [""]
+        out += [f"- {line}" for line in stragglers] + [""]
     lines = campaign_outliers(run_summaries)
     if lines:
         out.append("Outlier runs:")
