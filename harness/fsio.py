@@ -15,6 +15,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     # The temporary file lives in the same folder so that os.replace is a same-filesystem rename.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are for everyone on the node to read
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

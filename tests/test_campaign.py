@@ -202,3 +202,10 @@ def test_sigterm_stops_the_run_and_marks_the_campaign_interrupted(tmp_path):
     pid = int(log.read_text().split("about to hang pid=")[1].split()[0])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    from harness.fsio import write_json_atomic
+
+    p = write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert p.stat().st_mode & 0o777 == 0o644
