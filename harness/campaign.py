@@ -204,8 +204,10 @@ def _log_files(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "logs").glob("*.txt"), key=lambda p: p.stat().st_mtime)
 
 
-def _activity_size(run_dir: Path) -> int:
-    return sum(p.stat().st_size for p in _log_files(run_dir))
+def run_log_path(run_dir: Path) -> Path:
+    """The log a run's result is read from: the script's own (newest) log file, else its captured output."""
+    files = _log_files(run_dir)
+    return files[-1] if files else run_dir / "output.txt"
 
 
 def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: str,
@@ -231,10 +233,11 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
         try:
             while proc.poll() is None:
                 time.sleep(POLL_S)
-                size = _activity_size(run_dir)
+                logs = _log_files(run_dir)
+                size = sum(p.stat().st_size for p in logs)
                 if size != last_size:  # a script that logs only to its file is still alive
                     last_size, progress.last_output = size, time.time()
-                _follow_log(run_dir, progress)
+                _follow_log(logs, progress)
                 if on_progress:
                     on_progress(progress)
                 now = time.time()
@@ -276,12 +279,11 @@ def _pump(proc: subprocess.Popen, out, progress: RunProgress) -> None:
         progress.feed(line)
 
 
-def _follow_log(run_dir: Path, progress: RunProgress) -> None:
+def _follow_log(log_files: list[Path], progress: RunProgress) -> None:
     """Scripts that print step lines only to their log file still drive the live display."""
-    files = _log_files(run_dir)
-    if not files:
+    if not log_files:
         return
-    f = files[-1]
+    f = log_files[-1]
     pos = progress.log_offsets.get(f, 0)
     try:
         with open(f, "rb") as fh:
@@ -301,8 +303,7 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
                       progress: RunProgress) -> dict:
     from harness.logs import parse_log
 
-    files = _log_files(run_dir)
-    log_path = files[-1] if files else run_dir / "output.txt"
+    log_path = run_log_path(run_dir)
     text = log_path.read_text(encoding="utf-8", errors="replace")
     parsed = parse_log(text)
     if status == "ok":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation, ROUND_HALF_EVEN
 from pathlib import Path
 
+from harness.campaign import run_log_path
 from harness.errors import HarnessError
 from harness.fsio import read_json
 from harness.logs import ParsedLog, check_monotonic, looks_like_log, parse_log, parse_log_file
@@ -162,11 +163,8 @@ def _run_log_path(run_dir: Path, run: dict) -> Path | None:
     named = run.get("log_file")
     if isinstance(named, str) and (run_dir / named).is_file():
         return run_dir / named
-    logs = sorted((run_dir / "logs").glob("*.txt"), key=lambda p: p.stat().st_mtime) if (run_dir / "logs").is_dir() else []
-    if logs:
-        return logs[-1]
-    out = run_dir / "output.txt"
-    return out if out.is_file() else None
+    found = run_log_path(run_dir)
+    return found if found.is_file() else None
 
 
 def _campaign_entries(root: Path, campaign: dict) -> list[_Entry]:

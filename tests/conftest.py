@@ -39,3 +39,10 @@ def load_module(name: str, path):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def short_gpu_module():
+    """The short track's training module with its Triton kernels (GPU tests and benchmarks)."""
+    pytest.importorskip("triton")
+    return load_module("short_train_gpt", REPO / "tracks" / "short" / "train_gpt.py")

@@ -107,12 +107,19 @@ def _wait_for(pred, timeout=60):
     return False
 
 
+def _start_campaign(out, runs, *env_pairs):
+    """`speedrun run` of the fake track as a separate process, to be signalled by the test."""
+    cmd = [sys.executable, "-m", "harness", "run", str(FAKE), "--runs", str(runs), "--out", str(out), "--quiet",
+           "--no-telemetry"]
+    for pair in env_pairs:
+        cmd += ["--env", pair]
+    return subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def test_ctrl_c_keeps_everything_and_resume_finishes(tmp_path):
     out = tmp_path / "camp"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "harness", "run", str(FAKE), "--runs", "3", "--out", str(out), "--quiet",
-           "--no-telemetry", "--env", "SPEEDRUN_NUM_ITERATIONS=300"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_campaign(out, 3, "SPEEDRUN_NUM_ITERATIONS=300")
     # Interrupt during the second run, once the first has finished.
     assert _wait_for(lambda: (out / "runs" / "1" / "output.txt").exists()), "second run never started"
     time.sleep(0.5)
@@ -189,10 +196,7 @@ def test_printed_block_pastes_back_as_python(tmp_path):
 
 def test_sigterm_stops_the_run_and_marks_the_campaign_interrupted(tmp_path):
     out = tmp_path / "camp"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "harness", "run", str(FAKE), "--runs", "2", "--out", str(out), "--quiet",
-           "--no-telemetry", "--env", "FAKE_MODE=hang"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_campaign(out, 2, "FAKE_MODE=hang")
     log = out / "runs" / "0" / "output.txt"
     assert _wait_for(lambda: log.exists() and "about to hang" in log.read_text())
     proc.send_signal(signal.SIGTERM)

@@ -1,28 +1,18 @@
 """pytest-benchmark of the short track's kernels against their PyTorch reference (GPU only).
 
-Run: pytest tests/gpu/bench_short_kernels.py --benchmark-only   (file name is not test_*: give it explicitly)
+Run: pytest tests/gpu/bench_short_kernels.py --benchmark-only   (pyproject collects bench_*.py with the tests)
 Each benchmark times one call including a torch.cuda.synchronize, on the real model's shapes.
 """
-
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import load_module
-
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-TRACK = Path(__file__).resolve().parents[2] / "tracks" / "short"
-
-
-def _load(name, file):
-    return load_module(name, TRACK / file)
 
 
 @pytest.fixture(scope="module")
-def tg():
-    pytest.importorskip("triton")
-    return _load("short_train_gpt", "train_gpt.py")
+def tg(short_gpu_module):
+    return short_gpu_module
 
 
 def _timed(fn):

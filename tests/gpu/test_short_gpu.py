@@ -1,26 +1,16 @@
 """GPU correctness tests of the short track (skipped without CUDA): Triton X X^T kernel, Polar Express,
 the Muon update with mantissa buffers, the full model forward+backward at small size, FP8 lm_head."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import load_module
-
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-TRACK = Path(__file__).resolve().parents[2] / "tracks" / "short"
-
-
-def _load(name, file):
-    return load_module(name, TRACK / file)
 
 
 @pytest.fixture(scope="module")
-def tg():
-    pytest.importorskip("triton")
-    return _load("short_train_gpt", "train_gpt.py")
+def tg(short_gpu_module):
+    return short_gpu_module
 
 
 @pytest.fixture(scope="module")
