@@ -220,7 +220,8 @@ def test_model_forward_small_cpu(tg):
     inp = torch.randint(0, 50000, (2, 256))
     inp[:, 0] = 50256
     with torch.no_grad():
-        loss, nxt = model(inp, torch.randint(0, 50000, (2, 256)), torch.tensor([1, 2]), (1.0, 0.5))
+        masks = model.block_masks(inp, torch.tensor([1, 2]))
+        loss, nxt = model(inp, torch.randint(0, 50000, (2, 256)), masks, (1.0, 0.5))
     assert nxt.item() == pytest.approx(math.log(50304), abs=0.1)
     assert loss.item() > nxt.item()  # MTP adds the weighted next-but-one loss
     assert model.attn[2] is None  # the MLP-only layer

@@ -10,7 +10,11 @@ bf16 weights with a float32 mantissa buffer, own Triton kernel for X X^T) and Ad
 Launch:  python train_gpt.py                                   (one GPU, 8 accumulation steps)
          torchrun --standalone --nproc_per_node=8 train_gpt.py  (the record setting)
 Environment: DATA_PATH (folder with fineweb_train_*.bin, fineweb_val_*.bin), SPEEDRUN_SEED, and for smoke runs
-SPEEDRUN_NUM_ITERATIONS, SPEEDRUN_EXTENSION_ITERATIONS, SPEEDRUN_VAL_TOKENS, SPEEDRUN_VAL_EVERY.
+SPEEDRUN_NUM_ITERATIONS, SPEEDRUN_EXTENSION_ITERATIONS, SPEEDRUN_VAL_TOKENS, SPEEDRUN_VAL_EVERY. Diagnostic
+switches (not the recipe; the log says when one is on): SPEEDRUN_WARMUP=0 (compile lazily inside training, so
+train_time includes compile), SPEEDRUN_COMPILE=0 (eager model: unfused FlexAttention, slow), SPEEDRUN_FP8_HEAD=0
+(bf16 lm_head), SPEEDRUN_TRITON=0 (PyTorch Polar Express), SPEEDRUN_GRAD_STATS=1 (a `grad_stats:` line per step
+with the largest gradient of each parameter group; synchronizes every step).
 
 The log follows the competition's protocol (source, versions, nvidia-smi, step lines, peak memory), written to
 logs/<uuid>.txt and stdout. Lines that are not step lines (compile time, per-stage step time) are extra
@@ -75,6 +79,12 @@ class Hyperparameters:
     # optimizer
     batch_divisor: int = 1  # SPEEDRUN_TINY smoke mode divides every batch by 256
     tiny: bool = False
+    # diagnostic switches (SPEEDRUN_WARMUP / SPEEDRUN_FP8_HEAD / SPEEDRUN_TRITON = 0); record runs keep them on
+    warmup: bool = True
+    compile: bool = True
+    fp8_head: bool = True
+    triton: bool = True
+    grad_stats: bool = False
     muon_lr: float = 0.023
     muon_momentum_start: float = 0.85
     muon_momentum_end: float = 0.95
@@ -86,6 +96,9 @@ class Hyperparameters:
     final_lr_frac: float = 0.1
 
 
+DIAGNOSTIC_SWITCHES = ("warmup", "compile", "fp8_head", "triton", "grad_stats")
+
+
 def read_hyperparameters(env=None) -> Hyperparameters:
     env = os.environ if env is None else env
     hp = Hyperparameters()
@@ -95,6 +108,11 @@ def read_hyperparameters(env=None) -> Hyperparameters:
     hp.extension_iterations = int(env.get("SPEEDRUN_EXTENSION_ITERATIONS", hp.extension_iterations))
     hp.val_tokens = int(env.get("SPEEDRUN_VAL_TOKENS", hp.val_tokens))
     hp.val_every = int(env.get("SPEEDRUN_VAL_EVERY", hp.val_every))
+    for name in DIAGNOSTIC_SWITCHES:
+        value = env.get(f"SPEEDRUN_{name.upper()}", "1" if getattr(hp, name) else "0")
+        if value not in ("0", "1"):
+            raise ValueError(f"SPEEDRUN_{name.upper()} must be 0 or 1, got {value!r}")
+        setattr(hp, name, value == "1")
     if env.get("SPEEDRUN_TINY") == "1":
         # Smoke mode for the script's plumbing (CPU or GPU, seconds): a 4-layer width-64 model, 256-token rows,
         # batches / 256, accumulation 2 // world_size (1 or 2 processes). Not the recipe: its losses mean nothing.
@@ -518,18 +536,25 @@ class GPT(nn.Module):
         prev = torch.cat([torch.full_like(inputs[:, :1], BOS_ID), inputs[:, :-1]], dim=1)
         return ((prev * 1_000_003) ^ (inputs * 7919)) % self.cfg.bigram_buckets
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: torch.Tensor, mtp_weights: tuple):
-        """Mean loss over tokens (weighted sum of next-k-token losses). windows: int tensor (short, long) in
-        blocks. Returns (loss, next-token loss)."""
-        cfg = self.cfg
-        B, T = inputs.shape
+    @staticmethod
+    def block_masks(inputs: torch.Tensor, windows: torch.Tensor) -> tuple:
+        """The batch's attention masks (short window, short window paired, long window). windows: int tensor
+        (short, long) in blocks, a tensor so that a window change does not recompile.
+
+        Built outside the compiled model and passed in: built inside it, on the H100 (torch 2.11, Triton 3.6)
+        the compiled block-mask construction gave wrong block indices, so attention skipped allowed keys and
+        its backward was off by 30x (training diverged); tests/gpu checks both ways against dense attention."""
         docs = document_ids(inputs)
         short_tokens, long_tokens = windows[0] * BLOCK, windows[1] * BLOCK
-        masks = {
-            (False, False): sliding_window_block_mask(docs, short_tokens, paired=False),
-            (False, True): sliding_window_block_mask(docs, short_tokens, paired=True),
-            (True, False): sliding_window_block_mask(docs, long_tokens, paired=False),
-        }
+        return (sliding_window_block_mask(docs, short_tokens, paired=False),
+                sliding_window_block_mask(docs, short_tokens, paired=True),
+                sliding_window_block_mask(docs, long_tokens, paired=False))
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, masks: tuple, mtp_weights: tuple):
+        """Mean loss over tokens (weighted sum of next-k-token losses). masks: block_masks(inputs, windows).
+        Returns (loss, next-token loss)."""
+        cfg = self.cfg
+        B, T = inputs.shape
         embed_w = self.lm_head_w if self.tied else self.embed_w
         x = norm(F.embedding(inputs, embed_w).bfloat16())
         x = x + self.bigram_lambda.bfloat16() * F.embedding(self.bigram_ids(inputs), self.bigram_embed).bfloat16()
@@ -549,7 +574,8 @@ class GPT(nn.Module):
                     j = cfg.value_embed_layers.index(i)
                     ve, ve_lambda = ve_all[j], self.ve_lambdas[j].bfloat16()
                 rotary = self.rotary_long if attn.long_window else self.rotary_short
-                x = x + attn(norm(x), ve, ve_lambda, masks[(attn.long_window, attn.paired)], rotary)
+                mask = masks[2] if attn.long_window else masks[1] if attn.paired else masks[0]
+                x = x + attn(norm(x), ve, ve_lambda, mask, rotary)
             x = x + self.mlp[i](norm(x))
             if i < self.n_skip:
                 skips.append(x)
@@ -818,6 +844,19 @@ def train_loss_line(losses: torch.Tensor, first: int, last: int) -> str:
     return text
 
 
+def grad_stats_line(model: nn.Module, grads: dict) -> str:
+    """Largest |gradient| (averaged over accumulation steps) of every parameter, and the largest |weight| of the
+    embeddings and scalars. A diagnostic: it waits for the GPU."""
+    groups: dict[str, float] = {}
+    for name, p in model.named_parameters():
+        if p in grads:
+            groups[name.removesuffix("_w")] = grads[p].abs().max().item()
+    weights = {n: p.detach().abs().max().item() for n, p in model.named_parameters()
+               if not n.startswith(("attn.", "mlp."))}
+    return ("grad_stats: " + " ".join(f"{k}:{v:.3g}" for k, v in groups.items())
+            + " | max|w| " + " ".join(f"{k}:{v:.3g}" for k, v in weights.items()))
+
+
 def nonfinite_report(model: nn.Module, muon: Muon, adam: Adam) -> list[str]:
     """Where the non-finite values are after a non-finite training loss (parameters, optimizer state)."""
     def bad(t: torch.Tensor) -> bool:
@@ -888,13 +927,18 @@ def main():
 
     torch.manual_seed(hp.seed)
     cfg = tiny_model_config() if hp.tiny else ModelConfig()
-    cfg.use_fp8_head = cfg.use_triton = on_gpu
+    cfg.use_fp8_head = on_gpu and hp.fp8_head
+    cfg.use_triton = on_gpu and hp.triton
+    changed = [f"{name}={int(getattr(hp, name))}" for name in DIAGNOSTIC_SWITCHES
+               if getattr(hp, name) != getattr(Hyperparameters, name)]
+    if changed:
+        log(f"diagnostic: {' '.join(changed)} (not the recipe of the track)")
     model = GPT(cfg, max_seq_len=max(hp.train_seq_len, hp.val_seq_len)).to(device)
     for p in model.parameters():  # identical initial weights on every GPU
         if world_size > 1:
             dist.broadcast(p.data, 0)
     initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    compiled = torch.compile(model, dynamic=False) if on_gpu else model
+    compiled = torch.compile(model, dynamic=False) if on_gpu and hp.compile else model
 
     def train_step(stage: Stage, loader: BosRowLoader, muon: Muon, adam: Adam, lr_mult: float, momentum: float):
         rows = stage.batch_tokens // hp.batch_divisor // hp.total_accumulation // hp.train_seq_len
@@ -907,7 +951,7 @@ def main():
             if on_gpu:
                 inputs = inputs.pin_memory().to(device, non_blocking=True)
                 targets = targets.pin_memory().to(device, non_blocking=True)
-            loss, next_loss = compiled(inputs, targets, windows, stage.mtp_weights)
+            loss, next_loss = compiled(inputs, targets, model.block_masks(inputs, windows), stage.mtp_weights)
             (loss / grad_accum).backward()
             loss_sum += loss.detach()
             next_sum += next_loss.detach()
@@ -916,6 +960,8 @@ def main():
                     g = p.grad.float()
                     grads[p] = grads[p].add_(g) if p in grads else g
                     p.grad = None
+        if hp.grad_stats:
+            log(grad_stats_line(model, grads))
         adam_grads = {}
         for g in adam.groups:
             for p in g["params"]:
@@ -944,7 +990,8 @@ def main():
         n = batches or hp.val_tokens // val_chunk
         for _ in range(n):
             inputs, targets = loader.next_batch(hp.val_rows)
-            _, loss = compiled(inputs.to(device), targets.to(device), windows, (1.0,))
+            inputs, targets = inputs.to(device), targets.to(device)
+            _, loss = compiled(inputs, targets, model.block_masks(inputs, windows), (1.0,))
             total += loss
         total /= n
         if world_size > 1:
@@ -968,7 +1015,8 @@ def main():
                                        ("eager_bf16_head", model, False)):
             cfg.use_fp8_head = use_fp8
             try:
-                results.append(f"{name}:{forward(inputs, targets, windows, (1.0,))[1].item():.4f}")
+                masks = model.block_masks(inputs, windows)
+                results.append(f"{name}:{forward(inputs, targets, masks, (1.0,))[1].item():.4f}")
             except Exception as e:  # a diagnosis must not hide the report above (e.g. eager attention out of memory)
                 results.append(f"{name}:failed({type(e).__name__})")
             finally:
@@ -983,7 +1031,7 @@ def main():
     warm_loader = BosRowLoader(train_files, hp.train_seq_len, rank, world_size, cycle=True)
     muon, adam = build_optimizers(model, hp, rank, world_size)
     previous = None
-    for stage in list(STAGES) + [EXTENSION]:
+    for stage in (list(STAGES) + [EXTENSION]) if hp.warmup else []:
         enter_stage(previous, stage)
         t0 = time.perf_counter()
         warm_loss = train_step(stage, warm_loader, muon, adam, lr_mult=0.0, momentum=hp.muon_momentum_end)
