@@ -397,3 +397,14 @@ def test_cli_exit_codes(record, tmp_path):
     assert no_logs.returncode == 2 and "no logs found" in no_logs.stderr
     for p in (ok, bad, missing, no_logs):
         assert "Traceback" not in p.stderr
+
+
+def test_one_run_campaign_nan_block_matches_its_recomputation(tmp_path):
+    """A one-run campaign prints nan for p and the stds (the block's own expressions give nan): the printed
+    check passes, and only the statistics (p < alpha) and the shortened schedule fail. Real H100 campaign."""
+    camp = tmp_path / "proxy"
+    shutil.copytree(REPO / "results" / "short" / "2026-11-27-h100-proxy", camp)
+    r = verify_path(camp)
+    assert r.check(C_PRINTED).ok is True
+    assert failing(r) == {C_P, C_SCHEDULE}  # 128 steps, not the track's 1575
+    assert "at least 2" in r.check(C_P).detail

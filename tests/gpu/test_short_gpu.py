@@ -155,8 +155,11 @@ def test_compiled_model_gradients_match_eager(tg):
     (loss_c, grads_c), (loss_e, grads_e) = results
     assert abs(loss_c.item() - loss_e.item()) < 1e-2, (loss_c.item(), loss_e.item())
     assert grads_c.keys() == grads_e.keys()
+    # bf16 rounding differs between the fused and the unfused graph: ~1-5% on the small skip-weight gradients
+    # (seen on the H100: 0.055 on a 2-element gradient of size 3e-5), while the in-graph block-mask bug gave errors
+    # of 25-40x; 0.1 keeps a wide margin on both sides.
     for name in grads_e:
-        assert rel_err(grads_c[name], grads_e[name]) < 0.05, (name, rel_err(grads_c[name], grads_e[name]))
+        assert rel_err(grads_c[name], grads_e[name]) < 0.1, (name, rel_err(grads_c[name], grads_e[name]))
 
 
 def test_block_mask_attention_matches_dense(tg):
