@@ -97,6 +97,8 @@ class ParsedLog:
     unknown_lines: int = 0  # lines after the header that are neither step nor memory lines
     monotonic_problems: list[str] = field(default_factory=list)  # the subset of problems check_monotonic gave
     notes: list[str] = field(default_factory=list)  # facts about the format worth showing, not problems
+    # `diagnostic:` lines: the script ran with a switch that leaves its recipe (our short track prints one)
+    diagnostics: list[str] = field(default_factory=list)
 
     @property
     def nonfinite(self) -> list[str]:
@@ -131,6 +133,7 @@ class ParsedLog:
             "peak_memory_reserved_mib": self.peak_memory_reserved_mib,
             "reached_final": self.reached_final,
             "unknown_lines": self.unknown_lines,
+            "diagnostics": list(self.diagnostics),
             "problems": list(self.problems),
             "notes": list(self.notes),
         }
@@ -312,6 +315,7 @@ def parse_log(text: str) -> ParsedLog:
         final_val_loss_text=final.val_loss_text if final else None,
         driver_version=info["driver"],
         unknown_lines=len(unknown),
+        diagnostics=[line for _, line in unknown if line.startswith("diagnostic:")],
     )
 
     problems = parsed.problems

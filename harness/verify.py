@@ -39,6 +39,7 @@ C_SCHEDULE = "same final step"
 C_MONOTONIC = "steps and times monotonic"
 C_SOURCE = "one code hash"
 C_SCRIPT = "code hash = script file"
+C_RECIPE = "no diagnostic switches"
 C_BLOCK = "record block found"
 C_LISTS = "block lists = logs"
 C_PRINTED = "printed p/std/mean = recomputation"
@@ -433,6 +434,17 @@ def _check_script_file(root: Path, common: str | None) -> Check | None:
     return Check(C_SCRIPT, False, f"the logs' code {common[:12]} is not {names}")
 
 
+def _check_recipe(members: list[_Entry]) -> Check:
+    """The same code can leave its recipe through environment switches (our short track's SPEEDRUN_FP8_HEAD=0
+    and the like); the script says so in a `diagnostic:` line, which such a run cannot claim a record with."""
+    bad = [f"{e.label}: {e.parsed.diagnostics[0][len('diagnostic:'):].strip()}"
+           for e in members if e.parsed is not None and e.parsed.diagnostics]
+    if bad:
+        return Check(C_RECIPE, False, f"{len(bad)} of {len(members)} logs ran with switches off the recipe: "
+                     + " | ".join(bad))
+    return Check(C_RECIPE, True, f"no log reports a diagnostic switch ({len(members)} logs)")
+
+
 def _check_arm_scripts(members: list[_Entry]) -> Check | None:
     known = [e for e in members if e.script_sha256 and e.parsed and e.parsed.source_sha256]
     if not known:
@@ -511,6 +523,7 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
     script_check = _check_arm_scripts(members) if campaign is not None else _check_script_file(root, common)
     if script_check is not None:
         checks.append(script_check)
+    checks.append(_check_recipe(members))
 
     # -- the block
     log_losses = [e.loss for e in members if e.loss is not None]

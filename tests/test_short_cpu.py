@@ -538,3 +538,30 @@ def test_polar_express_polynomials_stay_bounded(tg):
         y = a * y + b * y ** 3 + c * y ** 5
         assert y.min() >= 0 and y.max() < 2
     assert y.max() < 1.13 and y[x >= 1e-2].min() > 0.85
+
+
+def test_diagnostic_switches_parse_and_reject_other_values(tg):
+    hp = tg.read_hyperparameters({})
+    assert (hp.warmup, hp.compile, hp.fp8_head, hp.triton, hp.grad_stats) == (True, True, True, True, False)
+    hp = tg.read_hyperparameters({"SPEEDRUN_WARMUP": "0", "SPEEDRUN_FP8_HEAD": "0", "SPEEDRUN_GRAD_STATS": "1"})
+    assert (hp.warmup, hp.compile, hp.fp8_head, hp.triton, hp.grad_stats) == (False, True, False, True, True)
+    with pytest.raises(ValueError, match="SPEEDRUN_TRITON must be 0 or 1"):
+        tg.read_hyperparameters({"SPEEDRUN_TRITON": "off"})
+
+
+def test_diagnostic_run_says_so_skips_warmup_and_logs_grad_stats(tg, monkeypatch, tmp_path):
+    """SPEEDRUN_WARMUP=0 SPEEDRUN_GRAD_STATS=1: a `diagnostic:` line (which `speedrun verify` refuses for a
+    claim), no warm-up lines, and one `grad_stats:` line per training step naming every parameter."""
+    run_dir = _main_in_process(tg, monkeypatch, tmp_path)
+    monkeypatch.setenv("SPEEDRUN_WARMUP", "0")
+    monkeypatch.setenv("SPEEDRUN_GRAD_STATS", "1")
+    tg.main()
+    lines = next((run_dir / "logs").glob("*.txt")).read_text().splitlines()
+    assert "diagnostic: warmup=0 grad_stats=1 (not the recipe of the track)" in lines
+    assert not any(ln.startswith("warmup:") for ln in lines)
+    stats = [ln for ln in lines if ln.startswith("grad_stats: ")]
+    assert len(stats) == 5  # 4 scheduled + 1 extension step
+    names = {item.split(":")[0] for item in stats[-1].split(" | ")[0].split()[1:]}
+    assert {"lm_head", "embed", "value_embeds", "attn.0.qkv", "mlp.3.proj"} <= names  # untied by the end
+    assert all(math.isfinite(float(item.rsplit(":", 1)[1])) for item in stats[-1].split()[1:]
+               if ":" in item and item != "max|w|")

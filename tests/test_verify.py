@@ -16,7 +16,8 @@ from harness.errors import HarnessError
 from harness.logs import parse_log_file
 from harness.record_block import render_block
 from harness.verify import (C_BLOCK, C_EXCLUDED, C_FINAL, C_LISTS, C_LOGS, C_MONOTONIC, C_OTHER_LOGS, C_P,
-                            C_PRINTED, C_SCHEDULE, C_SCRIPT, C_SEQUENTIAL, C_SOURCE, C_TARGET, cmd_verify,
+                            C_PRINTED, C_RECIPE, C_SCHEDULE, C_SCRIPT, C_SEQUENTIAL, C_SOURCE, C_TARGET,
+                            cmd_verify,
                             verify_path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -408,3 +409,17 @@ def test_one_run_campaign_nan_block_matches_its_recomputation(tmp_path):
     assert r.check(C_PRINTED).ok is True
     assert failing(r) == {C_P, C_SCHEDULE}  # 128 steps, not the track's 1575
     assert "at least 2" in r.check(C_P).detail
+
+
+def test_a_run_with_a_diagnostic_switch_cannot_claim(tmp_path):
+    """Same code, recipe changed through the environment (e.g. SPEEDRUN_FP8_HEAD=0): the script's `diagnostic:`
+    line fails the recipe check, naming the run and the switch."""
+    camp = tmp_path / "proxy"
+    shutil.copytree(REPO / "results" / "short" / "2026-11-27-h100-proxy", camp)
+    assert verify_path(camp).check(C_RECIPE).ok is True
+    for log in list((camp / "runs" / "0" / "logs").glob("*.txt")) + [camp / "runs" / "0" / "output.txt"]:
+        edit(log, "\ncompile_and_warmup_time:188694ms", "\ndiagnostic: fp8_head=0 (not the recipe of the track)"
+                                                       "\ncompile_and_warmup_time:188694ms")
+    r = verify_path(camp)
+    assert failing(r) == {C_P, C_SCHEDULE, C_RECIPE}
+    assert "run 0: fp8_head=0" in r.check(C_RECIPE).detail
