@@ -91,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-telemetry", action="store_true")
     c.add_argument("--quiet", action="store_true", help="no live progress display")
 
+    sc = sub.add_parser("scaling", help="the same script on 1, 2, ... K GPUs of this node: step-time scaling, "
+                                        "loss at equal steps")
+    sc.add_argument("track", help="track name (tiny, short, ...) or the path of a track folder")
+    sc.add_argument("--gpus", required=True, help="GPU counts to compare, comma-separated (e.g. 1,2,4,8)")
+    sc.add_argument("--runs", type=_positive_int, default=1, help="rounds; each runs every count once (default 1)")
+    sc.add_argument("--script", help="run this script instead of the track's frozen one")
+    sc.add_argument("--out", help="campaign folder (default results/<track>/<timestamp>)")
+    sc.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra environment for every run")
+    sc.add_argument("--data-path", help="folder of data shards, passed to runs as DATA_PATH")
+    sc.add_argument("--no-telemetry", action="store_true")
+    sc.add_argument("--quiet", action="store_true", help="no live progress display")
+
     pl = sub.add_parser("plan", help="runs needed for a given power, fixed-N vs sequential")
     pl.add_argument("--target", type=float)
     pl.add_argument("--sigma", type=float)
@@ -142,6 +154,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
                            max_runs=args.max_runs, out=args.out, env=parse_env_pairs(args.env), nproc=args.nproc,
                            telemetry=not args.no_telemetry, quiet=args.quiet)
+    if args.command == "scaling":
+        from harness.scaling import cmd_scaling
+
+        return cmd_scaling(args.track, args.gpus, runs=args.runs, out=args.out, env=parse_env_pairs(args.env),
+                           script=args.script, data_path=args.data_path, telemetry=not args.no_telemetry,
+                           quiet=args.quiet)
     if args.command == "plan":
         from harness.plan import cmd_plan
 

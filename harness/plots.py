@@ -2,6 +2,7 @@
 
     plots/clocks_power.png  SM clock and power over time, one panel per run, the timed window shaded
     plots/val_loss.png      val loss against step, one line per run, the track's target dashed
+    plots/scaling.png       (scaling campaigns) steady step time per stage against the GPU count, ideal 1/K dotted
 
 A plot is a convenience: a run with a malformed run.json or no telemetry is left out, never fatal.
 """
@@ -45,6 +46,13 @@ def _target(campaign_dir: Path) -> float | None:
         if isinstance(v, (int, float)):
             return float(v)
     return None
+
+
+def _kind(campaign_dir: Path) -> str | None:
+    try:
+        return json.loads((campaign_dir / "campaign.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _save(fig, path: Path) -> Path:
@@ -145,10 +153,51 @@ def plot_val_loss(campaign_dir: Path, out: Path) -> Path | None:
     return path
 
 
+def plot_scaling(campaign_dir: Path, out: Path) -> Path | None:
+    """Step time per stage against the GPU count (log-log), with the ideal 1/K line from the smallest count."""
+    from harness.scaling import scaling_table
+
+    try:
+        t = scaling_table(campaign_dir)
+    except Exception:  # a plot never fails a campaign (see the module docstring)
+        return None
+    counts, per = t["counts"], t["per_count"]
+    stages = list(dict.fromkeys(s for k in counts for s in per[k]["stage_ms"]))
+    if not stages:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, stage in enumerate(stages):
+        ks = [k for k in counts if stage in per[k]["stage_ms"]]
+        ms = [per[k]["stage_ms"][stage] for k in ks]
+        color = f"C{i % 10}"
+        ax.plot(ks, ms, "o-", color=color, label=stage)
+        if ks and ks[0] == counts[0]:
+            ax.plot(counts, [ms[0] * counts[0] / k for k in counts], ":", color=color, linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(counts, [str(k) for k in counts])
+    ax.set_xlabel(t["unit"] + "s" if t["unit"] == "GPU" else "processes")
+    ax.set_ylabel("steady step time (ms)")
+    ax.set_title("step time against count (dotted: ideal 1/K)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
+
+
 def make_campaign_plots(campaign_dir: Path) -> list[Path]:
     """Write the campaign's PNGs into campaign_dir/plots/; returns the paths written."""
     campaign_dir = Path(campaign_dir)
     plots = campaign_dir / "plots"
     written = [plot_clocks_power(campaign_dir, plots / "clocks_power.png"),
                plot_val_loss(campaign_dir, plots / "val_loss.png")]
+    if _kind(campaign_dir) == "scaling":
+        written.append(plot_scaling(campaign_dir, plots / "scaling.png"))
     return [p for p in written if p is not None]

@@ -56,7 +56,17 @@ def record_markdown(campaign_dir: str | Path) -> str:
         "",
     ]
     losses, times = arm_series(runs, main)
-    if losses:
+    if campaign.get("kind") == "scaling":  # no claim: one block per GPU count, then the scaling tables
+        from harness.scaling import scaling_markdown
+
+        for arm, spec in campaign["arms"].items():
+            a_losses, a_times = arm_series(runs, arm)
+            n = int(spec["nproc"])
+            lines += [f"{arm} ({n} process{'es' if n > 1 else ''}):", ""]
+            lines.append(_fence(render_block(a_losses, a_times, target)) if a_losses
+                         else "No run of this count finished successfully.\n")
+        lines.append(scaling_markdown(d))
+    elif losses:
         lines.append(_fence(render_block(losses, times, target)))
         seq = campaign.get("until_significant")
         if seq:  # the loss claim's own anytime-valid line (a comparison adds its time line below)

@@ -1,0 +1,194 @@
+"""`speedrun scaling TRACK --gpus 1,2,...`: the same script on 1, 2, ... K GPUs of this node, interleaved.
+
+What a multi-GPU contributor asks before a record attempt: does the script give the same loss on K GPUs as
+on one with accumulation (it should: the data of a step and the math are the same), and how does the step time
+scale? One campaign holds an arm per GPU count (`gpus1`, `gpus2`, ...); round r runs every arm once with seed
+r, in alternating order (1 2 4, 4 2 1, ...) so a drift of the node does not favour one count.
+
+The report per arm: steady step time per stage (the short track prints `stage:NAME ... steady_step_ms:X`
+lines; for other scripts, the median of the step-to-step train_time differences after the first five steps),
+speedup and efficiency against the smallest count, and the final val loss with its paired difference to the
+smallest count (same seed, same data). Per-GPU telemetry and the straggler check are in the runs' telemetry
+section of record.md, as for any campaign.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+ARM_PREFIX = "gpus"
+_STAGE_RE = re.compile(r"^stage:(\S+) .*?steady_step_ms:([0-9.]+)")
+WARMUP_STEPS = 5  # steps left out of a generic steady-state time (compile, allocator, first data loads)
+
+
+def parse_gpu_counts(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]: distinct positive counts, in increasing order."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise HarnessError(f"--gpus takes comma-separated GPU counts like 1,2,4; got {text!r}") from None
+    if not counts or any(k < 1 for k in counts):
+        raise HarnessError(f"--gpus takes positive GPU counts like 1,2,4; got {text!r}")
+    if len(set(counts)) != len(counts):
+        raise HarnessError(f"--gpus lists a count twice: {text!r}")
+    if len(counts) < 2:
+        raise HarnessError("--gpus needs at least two counts to compare (e.g. 1,2)")
+    return sorted(counts)
+
+
+def arm_name(k: int) -> str:
+    return f"{ARM_PREFIX}{k}"
+
+
+def scaling_schedule(counts: list[int], runs: int) -> tuple[list[str], list[int]]:
+    """(arm names, seeds): `runs` rounds, each running every count once with the round's seed; the order
+    alternates (forward, backward) so every count sits at the same mean position."""
+    if runs < 1:
+        raise HarnessError(f"--runs must be at least 1, got {runs}")
+    schedule, seeds = [], []
+    for r in range(runs):
+        order = counts if r % 2 == 0 else counts[::-1]
+        schedule += [arm_name(k) for k in order]
+        seeds += [r] * len(order)
+    return schedule, seeds
+
+
+def stage_step_times(log_text: str) -> dict[str, float]:
+    """Steady step time (ms) per stage from a log: the script's own `stage:` lines when it prints them, else
+    {'all': median step-to-step train_time difference after the first WARMUP_STEPS steps}."""
+    from harness.logs import parse_log
+
+    stages = {}
+    for line in log_text.splitlines():
+        m = _STAGE_RE.match(line.strip())
+        if m:
+            stages[m.group(1)] = float(m.group(2))
+    if stages:
+        return stages
+    steps = [s for s in parse_log(log_text).steps if s.val_loss is None]  # training step lines only
+    deltas = [b.train_time_ms - a.train_time_ms for a, b in zip(steps, steps[1:])
+              if b.step == a.step + 1 and a.step >= WARMUP_STEPS]
+    return {"all": statistics.median(deltas)} if deltas else {}
+
+
+def _run_stage_times(campaign_dir: Path, run: dict) -> dict[str, float]:
+    path = campaign_dir / "runs" / str(run["index"]) / run.get("log_file", "output.txt")
+    try:
+        return stage_step_times(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return {}
+
+
+def scaling_table(campaign_dir: str | Path) -> dict:
+    """The numbers of the report: per count, per stage, the median steady ms over ok runs; final losses by
+    seed; train times."""
+    from harness.campaign import load_campaign, load_runs
+
+    d = Path(campaign_dir)
+    campaign = load_campaign(d)
+    counts = sorted(int(a["nproc"]) for a in campaign["arms"].values())
+    runs = [r for r in load_runs(d) if r.get("status") == "ok"]
+    per_count = {}
+    for k in counts:
+        mine = [r for r in runs if r.get("arm") == arm_name(k)]
+        times: dict[str, list[float]] = {}
+        for r in mine:
+            for stage, ms in _run_stage_times(d, r).items():
+                times.setdefault(stage, []).append(ms)
+        per_count[k] = {
+            "runs": len(mine),
+            "stage_ms": {s: statistics.median(v) for s, v in times.items()},
+            "loss_by_seed": {r["seed"]: r["final_val_loss"] for r in mine},
+            "train_time_s": [r["train_time_s"] for r in mine],
+        }
+    unit = "GPU" if campaign["track"].get("uses_gpu", True) else "process"
+    return {"counts": counts, "per_count": per_count, "unit": unit}
+
+
+def _units(k: int, unit: str) -> str:
+    return f"{k} {unit}" + ("" if k == 1 else "es" if unit.endswith("s") else "s")
+
+
+def scaling_markdown(campaign_dir: str | Path) -> str:
+    t = scaling_table(campaign_dir)
+    counts, per, unit = t["counts"], t["per_count"], t["unit"]
+    units = _units(2, unit).split(" ", 1)[1]  # "GPUs" / "processes"
+    base = counts[0]
+    stages = list(dict.fromkeys(s for k in counts for s in per[k]["stage_ms"]))
+    lines = ["## Scaling", ""]
+    if not stages:
+        lines.append("No finished run printed step times: nothing to scale.")
+        return "\n".join(lines) + "\n"
+    lines.append("| stage | " + " | ".join(f"{_units(k, unit)} (ms)" for k in counts) + " | "
+                 + " | ".join(f"speedup {k}/{base} (efficiency)" for k in counts[1:]) + " |")
+    lines.append("|" + " --- |" * (2 * len(counts)))
+    for s in stages:
+        ms = [per[k]["stage_ms"].get(s) for k in counts]
+        cells = [f"{v:.2f}" if v is not None else "-" for v in ms]
+        for k, v in zip(counts[1:], ms[1:]):
+            speedup = ms[0] / v if v and ms[0] else None
+            cells.append(f"{speedup:.2f}× ({speedup / (k / base):.0%})" if speedup else "-")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", f"Steady step time per stage, median over each count's finished runs; speedup = time on "
+              f"{_units(base, unit)} / time on K, efficiency = speedup / (K/{base}).", "",
+              f"| {units} | runs | final val loss (mean) | paired difference to {_units(base, unit)} (same seed) "
+              "| train time (s, mean) |",
+              "| ---: | ---: | ---: | --- | ---: |"]
+    base_losses = per[base]["loss_by_seed"]
+    for k in counts:
+        p = per[k]
+        losses = list(p["loss_by_seed"].values())
+        diffs = [p["loss_by_seed"][s] - base_losses[s] for s in p["loss_by_seed"] if s in base_losses]
+        if k == base:
+            diff = "-"
+        elif diffs:
+            diff = " ".join(f"{x:+.4f}" for x in diffs) + f" (max \\|d\\| {max(abs(x) for x in diffs):.4f})"
+        else:
+            diff = "no common seed"
+        mean_loss = f"{statistics.fmean(losses):.4f}" if losses else "-"
+        mean_time = f"{statistics.fmean(p['train_time_s']):.3f}" if p["train_time_s"] else "-"
+        lines.append(f"| {k} | {p['runs']} | {mean_loss} | {diff} | {mean_time} |")
+    lines += ["", f"Every count does the same math on the same rows (gradient accumulation makes up for the missing "
+              f"{units}), so the paired differences show only reduction order and kernel nondeterminism.", ""]
+    return "\n".join(lines)
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES applies); 0 without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: dict | None = None,
+                script: str | None = None, data_path: str | None = None, telemetry: bool = True,
+                quiet: bool = False, gpu_count=visible_gpu_count) -> int:
+    """Run the scaling campaign; print the scaling table. Exit 0, or 3 if some runs failed."""
+    from harness.campaign import load_runs, make_arm, new_campaign_dir, run_campaign
+    from harness.report import print_summary
+    from harness.run_command import _check_data
+
+    counts = parse_gpu_counts(gpus)
+    env = dict(env or {})
+    if data_path:
+        if not Path(data_path).is_dir():
+            raise HarnessError(f"--data-path {data_path}: no such folder")
+        env["DATA_PATH"] = str(Path(data_path).resolve())
+    track_arm = make_arm(track, name=arm_name(counts[0]), nproc=counts[0], env=env)
+    if track_arm.track.uses_gpu and counts[-1] > (have := gpu_count()):
+        raise HarnessError(f"--gpus asks for up to {counts[-1]} GPUs; this node shows {have}")
+    arms = [make_arm(script or track, name=arm_name(k), default_track=track_arm.track, nproc=k, env=env)
+            for k in counts]
+    _check_data(arms[0])
+    schedule, seeds = scaling_schedule(counts, runs)
+    out_dir = new_campaign_dir(track_arm.track.name, out)
+    campaign_dir = run_campaign(out_dir, arms, schedule, telemetry=telemetry, kind="scaling", seeds=seeds,
+                                extra={"scaling": {"gpus": counts, "runs": runs}}, quiet=quiet)
+    print_summary(campaign_dir)  # the blocks and the scaling tables (record.md's timing section)
+    return 3 if any(r.get("status") != "ok" for r in load_runs(campaign_dir)) else 0
