@@ -37,22 +37,20 @@ def _label(run_dir: Path, run: dict) -> str:
     return f"{run_dir.name}: {label}" if label and str(label) != run_dir.name else f"run {run_dir.name}"
 
 
-def _target(campaign_dir: Path) -> float | None:
+def _campaign_json(campaign_dir: Path) -> dict:
     try:
         c = json.loads((campaign_dir / "campaign.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {}
+    return c if isinstance(c, dict) else {}
+
+
+def _target(campaign_dir: Path) -> float | None:
+    c = _campaign_json(campaign_dir)
     for v in (c.get("target"), (c.get("track") or {}).get("target") if isinstance(c.get("track"), dict) else None):
         if isinstance(v, (int, float)):
             return float(v)
     return None
-
-
-def _kind(campaign_dir: Path) -> str | None:
-    try:
-        return json.loads((campaign_dir / "campaign.json").read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _save(fig, path: Path) -> Path:
@@ -181,7 +179,7 @@ def plot_scaling(campaign_dir: Path, out: Path) -> Path | None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(counts, [str(k) for k in counts])
-    ax.set_xlabel(t["unit"] + "s" if t["unit"] == "GPU" else "processes")
+    ax.set_xlabel(t["units"])
     ax.set_ylabel("steady step time (ms)")
     ax.set_title("step time against count (dotted: ideal 1/K)")
     ax.grid(True, which="both", alpha=0.3)
@@ -198,6 +196,6 @@ def make_campaign_plots(campaign_dir: Path) -> list[Path]:
     plots = campaign_dir / "plots"
     written = [plot_clocks_power(campaign_dir, plots / "clocks_power.png"),
                plot_val_loss(campaign_dir, plots / "val_loss.png")]
-    if _kind(campaign_dir) == "scaling":
+    if _campaign_json(campaign_dir).get("kind") == "scaling":
         written.append(plot_scaling(campaign_dir, plots / "scaling.png"))
     return [p for p in written if p is not None]

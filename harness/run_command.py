@@ -24,15 +24,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return resume_campaign(args.resume, telemetry=not args.no_telemetry, quiet=args.quiet)
     if not args.track:
         raise HarnessError("name a track (e.g. 'speedrun run tiny --runs 5') or --resume CAMPAIGN")
-    env = parse_env_pairs(args.env)
-    if args.data_path:
-        data = Path(args.data_path)
-        if not data.is_dir():
-            raise HarnessError(f"--data-path {data}: no such folder")
-        env["DATA_PATH"] = str(data.resolve())
+    env = with_data_path(parse_env_pairs(args.env), args.data_path)
     base = make_arm(args.track, name="main", nproc=args.nproc, env=env)
     arm = make_arm(args.script, name="main", default_track=base.track, nproc=args.nproc, env=env) if args.script else base
-    _check_data(arm)
+    check_data(arm)
     stop_rule, extra = None, {}
     if args.until_significant:
         from harness.sequential import make_stop_rule
@@ -82,7 +77,17 @@ def _finish(campaign_dir: Path) -> int:
     return EXIT_SOME_RUNS_FAILED if any(r.get("status") != "ok" for r in runs) else 0
 
 
-def _check_data(arm: Arm) -> None:
+def with_data_path(env: dict[str, str], data_path: str | None) -> dict[str, str]:
+    """env with DATA_PATH set to the absolute --data-path (runs start in their own folders)."""
+    if data_path:
+        data = Path(data_path)
+        if not data.is_dir():
+            raise HarnessError(f"--data-path {data}: no such folder")
+        env = {**env, "DATA_PATH": str(data.resolve())}
+    return env
+
+
+def check_data(arm: Arm) -> None:
     """A track that reads shards must find them before the campaign starts, not after N crashed runs."""
     if not arm.track.data:
         return

@@ -105,25 +105,25 @@ def scaling_table(campaign_dir: str | Path) -> dict:
             "loss_by_seed": {r["seed"]: r["final_val_loss"] for r in mine},
             "train_time_s": [r["train_time_s"] for r in mine],
         }
-    unit = "GPU" if campaign["track"].get("uses_gpu", True) else "process"
-    return {"counts": counts, "per_count": per_count, "unit": unit}
+    unit, units = ("GPU", "GPUs") if campaign["track"].get("uses_gpu", True) else ("process", "processes")
+    return {"counts": counts, "per_count": per_count, "unit": unit, "units": units}
 
 
-def _units(k: int, unit: str) -> str:
-    return f"{k} {unit}" + ("" if k == 1 else "es" if unit.endswith("s") else "s")
+def _count(k: int, t: dict) -> str:
+    """'1 GPU', '2 GPUs', '2 processes'."""
+    return f"{k} {t['unit'] if k == 1 else t['units']}"
 
 
 def scaling_markdown(campaign_dir: str | Path) -> str:
     t = scaling_table(campaign_dir)
-    counts, per, unit = t["counts"], t["per_count"], t["unit"]
-    units = _units(2, unit).split(" ", 1)[1]  # "GPUs" / "processes"
+    counts, per = t["counts"], t["per_count"]
     base = counts[0]
     stages = list(dict.fromkeys(s for k in counts for s in per[k]["stage_ms"]))
     lines = ["## Scaling", ""]
     if not stages:
         lines.append("No finished run printed step times: nothing to scale.")
         return "\n".join(lines) + "\n"
-    lines.append("| stage | " + " | ".join(f"{_units(k, unit)} (ms)" for k in counts) + " | "
+    lines.append("| stage | " + " | ".join(f"{_count(k, t)} (ms)" for k in counts) + " | "
                  + " | ".join(f"speedup {k}/{base} (efficiency)" for k in counts[1:]) + " |")
     lines.append("|" + " --- |" * (2 * len(counts)))
     for s in stages:
@@ -134,8 +134,8 @@ def scaling_markdown(campaign_dir: str | Path) -> str:
             cells.append(f"{speedup:.2f}× ({speedup / (k / base):.0%})" if speedup else "-")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", f"Steady step time per stage, median over each count's finished runs; speedup = time on "
-              f"{_units(base, unit)} / time on K, efficiency = speedup / (K/{base}).", "",
-              f"| {units} | runs | final val loss (mean) | paired difference to {_units(base, unit)} (same seed) "
+              f"{_count(base, t)} / time on K, efficiency = speedup / (K/{base}).", "",
+              f"| {t['units']} | runs | final val loss (mean) | paired difference to {_count(base, t)} (same seed) "
               "| train time (s, mean) |",
               "| ---: | ---: | ---: | --- | ---: |"]
     base_losses = per[base]["loss_by_seed"]
@@ -153,7 +153,7 @@ def scaling_markdown(campaign_dir: str | Path) -> str:
         mean_time = f"{statistics.fmean(p['train_time_s']):.3f}" if p["train_time_s"] else "-"
         lines.append(f"| {k} | {p['runs']} | {mean_loss} | {diff} | {mean_time} |")
     lines += ["", f"Every count does the same math on the same rows (gradient accumulation makes up for the missing "
-              f"{units}), so the paired differences show only reduction order and kernel nondeterminism.", ""]
+              f"{t['units']}), so the paired differences show only reduction order and kernel nondeterminism.", ""]
     return "\n".join(lines)
 
 
@@ -172,22 +172,19 @@ def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: d
     """Run the scaling campaign; print the scaling table. Exit 0, or 3 if some runs failed."""
     from harness.campaign import load_runs, make_arm, new_campaign_dir, run_campaign
     from harness.report import print_summary
-    from harness.run_command import _check_data
+    from harness.run_command import check_data, with_data_path
+    from harness.tracks import load_track
 
     counts = parse_gpu_counts(gpus)
-    env = dict(env or {})
-    if data_path:
-        if not Path(data_path).is_dir():
-            raise HarnessError(f"--data-path {data_path}: no such folder")
-        env["DATA_PATH"] = str(Path(data_path).resolve())
-    track_arm = make_arm(track, name=arm_name(counts[0]), nproc=counts[0], env=env)
-    if track_arm.track.uses_gpu and counts[-1] > (have := gpu_count()):
+    env = with_data_path(dict(env or {}), data_path)
+    track_def = load_track(track)
+    if track_def.uses_gpu and counts[-1] > (have := gpu_count()):
         raise HarnessError(f"--gpus asks for up to {counts[-1]} GPUs; this node shows {have}")
-    arms = [make_arm(script or track, name=arm_name(k), default_track=track_arm.track, nproc=k, env=env)
+    arms = [make_arm(script or track, name=arm_name(k), default_track=track_def, nproc=k, env=env)
             for k in counts]
-    _check_data(arms[0])
+    check_data(arms[0])
     schedule, seeds = scaling_schedule(counts, runs)
-    out_dir = new_campaign_dir(track_arm.track.name, out)
+    out_dir = new_campaign_dir(track_def.name, out)
     campaign_dir = run_campaign(out_dir, arms, schedule, telemetry=telemetry, kind="scaling", seeds=seeds,
                                 extra={"scaling": {"gpus": counts, "runs": runs}}, quiet=quiet)
     print_summary(campaign_dir)  # the blocks and the scaling tables (record.md's timing section)
