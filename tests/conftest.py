@@ -46,3 +46,17 @@ def short_gpu_module():
     """The short track's training module with its Triton kernels (GPU tests and benchmarks)."""
     pytest.importorskip("triton")
     return load_module("short_train_gpt", REPO / "tracks" / "short" / "train_gpt.py")
+
+
+def run_collective_worker(nproc: int, out_dir: Path, backend: str) -> list[dict]:
+    """Start tests/gpu/multi_gpu_worker.py on nproc ranks through real torchrun (backend nccl: one GPU a rank;
+    gloo: CPU processes) and return each rank's findings, rank order."""
+    import json
+
+    env = dict(os.environ, WORKER_BACKEND=backend, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           str(REPO / "tests" / "gpu" / "multi_gpu_worker.py"), str(out_dir)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_module
+from conftest import load_module, run_collective_worker
 
 TRACK = Path(__file__).resolve().parents[1] / "tracks" / "short"
 
@@ -565,3 +565,15 @@ def test_diagnostic_run_says_so_skips_warmup_and_logs_grad_stats(tg, monkeypatch
     assert {"lm_head", "embed", "value_embeds", "attn.0.qkv", "mlp.3.proj"} <= names  # untied by the end
     assert all(math.isfinite(float(item.rsplit(":", 1)[1])) for item in stats[-1].split()[1:]
                if ":" in item and item != "max|w|")
+
+
+def test_collectives_and_muon_on_two_gloo_ranks_match_one_rank(tmp_path):
+    """Real torchrun, 2 CPU processes: the gloo branch of reduce-scatter/all-gather/all-reduce, and Muon with each
+    rank orthogonalizing its slice gives the weights of one rank fed the mean gradient (tests/gpu has the NCCL run)."""
+    results = run_collective_worker(2, tmp_path, "gloo")
+    assert [(r["rank"], r["backend"]) for r in results] == [(0, "gloo"), (1, "gloo")]
+    for r in results:
+        assert r["reduce_scatter_mean"] < 1e-6 and r["all_gather_cat"] == 0.0 and r["all_reduce_mean"] < 1e-6
+        assert r["muon_vs_one_rank"] < 1e-6 and r["weights_differ_between_ranks"] == 0.0
+        # 5 matrices of 128x128 (q, k, v, two more) over 2 ranks: 3 slices each, one padded
+        assert r["muon_slices_per_rank"] == {"(128, 128)": 3, "(128, 512)": 2}
