@@ -12,7 +12,8 @@ A track's kernel module (track.toml `[autotune] module = "kernels.py"`) exposes:
 For each problem every candidate is run once and checked against the reference (fresh inputs); only correct
 candidates are timed (triton.testing.do_bench, median) and the fastest is stored. The configs file
 (`[autotune] configs`, default triton_configs.json) maps GPU name -> Triton version -> shape key -> config;
-entries of other GPUs and Triton versions are kept, and the file is replaced atomically. The track reads the
+entries of other GPUs and Triton versions are kept, and the file is replaced atomically; track.toml's [frozen]
+hash of it is rewritten to match (when the track freezes it). The track reads the
 file itself at run time; nothing is autotuned during a run.
 """
 
@@ -26,7 +27,7 @@ from types import ModuleType
 from typing import Callable
 
 from harness.errors import HarnessError
-from harness.fsio import read_json, sha256_file, write_json_atomic
+from harness.fsio import read_json, sha256_file, write_json_atomic, write_text_atomic
 from harness.tracks import load_track
 
 FORMAT = 1
@@ -144,9 +145,30 @@ def autotune_track(track_folder: Path, bench: Callable[[Callable], float] = defa
     results = tune(module, device, bench=bench, log=log)
     write_json_atomic(configs_path, merge_configs(table, gpu, version, results))
     log(f"autotune: wrote {len(results)} config(s) for {gpu!r} / triton {version} to {configs_path}")
-    log(f"autotune: {configs_path.name} sha256 {sha256_file(configs_path)} "
-        f"(update [frozen] in track.toml if this track is frozen)")
+    digest = sha256_file(configs_path)
+    if update_frozen_hash(track_folder / "track.toml", configs_path.name, digest):
+        log(f"autotune: track.toml [frozen] \"{configs_path.name}\" = \"{digest}\"")
+    else:
+        log(f"autotune: {configs_path.name} sha256 {digest} (not listed in track.toml [frozen])")
     return configs_path
+
+
+def update_frozen_hash(toml_path: Path, rel: str, digest: str) -> bool:
+    """Set `"rel" = "digest"` in the [frozen] table of track.toml, in place, keeping every other line as it is.
+    False (file untouched) when [frozen] does not list `rel`: a configs file the track does not freeze."""
+    lines = toml_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    table = None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            table = stripped
+            continue
+        key = stripped.split("=", 1)[0].strip().strip('"')
+        if table == "[frozen]" and "=" in stripped and key == rel:
+            lines[i] = f'"{rel}" = "{digest}"\n'
+            write_text_atomic(toml_path, "".join(lines))
+            return True
+    return False
 
 
 def cmd_autotune(track: str) -> int:

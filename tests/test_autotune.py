@@ -179,3 +179,26 @@ def test_real_kernel_through_triton_interpreter(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "['b1_m40_k40_c', 'b2_m48_k40_noc']" in out.stdout
+
+
+def test_autotune_updates_the_frozen_hash_of_its_configs_file(tmp_path):
+    """A maintainer re-running autotune gets track.toml's [frozen] hash of the configs file rewritten with it;
+    other lines stay byte for byte. A track that does not freeze the file keeps its track.toml untouched."""
+    from harness.fsio import sha256_file
+
+    folder = make_track(tmp_path)
+    toml = folder / "track.toml"
+    toml.write_text(toml.read_text() + '\n[frozen]\n"train.py" = "aaaa"\n"cfg.json" = "old"  \n\n[pins]\ngpu = "x"\n')
+    before = toml.read_text().splitlines()
+    autotune.autotune_track(folder, bench=fake_bench_factory([]), environment=("cpu", "GPU-A", "3.6.0"),
+                            log=lambda s: None)
+    after = toml.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and changed == [('"cfg.json" = "old"  ', f'"cfg.json" = "{sha256_file(folder / "cfg.json")}"')]
+
+    (tmp_path / "other").mkdir()
+    plain = make_track(tmp_path / "other")
+    text = (plain / "track.toml").read_text()
+    autotune.autotune_track(plain, bench=fake_bench_factory([]), environment=("cpu", "GPU-A", "3.6.0"),
+                            log=lambda s: None)
+    assert (plain / "track.toml").read_text() == text

@@ -577,3 +577,24 @@ def test_collectives_and_muon_on_two_gloo_ranks_match_one_rank(tmp_path):
         assert r["muon_vs_one_rank"] < 1e-6 and r["weights_differ_between_ranks"] == 0.0
         # 5 matrices of 128x128 (q, k, v, two more) over 2 ranks: 3 slices each, one padded
         assert r["muon_slices_per_rank"] == {"(128, 128)": 3, "(128, 512)": 2}
+
+
+def test_frozen_triton_configs_cover_every_gpu_count(tg):
+    """On K GPUs each rank orthogonalizes ceil(n/K) matrices of a shape, so the Triton kernel sees other batch
+    sizes than on one GPU. Every shape the real model's Muon groups give on 1, 2, 4 and 8 GPUs must be a
+    problem of the autotuner and have a frozen H100 config (else the run silently uses the default config)."""
+    import json
+
+    with torch.device("meta"):  # the real model's shapes without allocating its weights
+        model = tg.GPT(tg.ModelConfig(), max_seq_len=2048)
+    muon_params = [p for n, p in model.named_parameters() if p.dim() == 2 and n.startswith(("attn.", "mlp."))]
+    frozen = json.loads((TRACK / "triton_configs.json").read_text())["configs"]["NVIDIA H100 80GB HBM3"]["3.6.0"]
+    problems = {tg.kernels.key_of(p) for p in tg.kernels.PROBLEMS}
+    for world in (1, 2, 4, 8):
+        muon = tg.Muon(muon_params, lr=0.02, rank=0, world_size=world, use_triton=False)
+        needed = set()
+        for (m, k), buf in muon.buffers.items():
+            needed |= {tg.kernels.problem_key(buf.size(0), m, k, False), tg.kernels.problem_key(buf.size(0), m, m, True)}
+        assert needed <= problems, (world, needed - problems)
+        assert needed <= set(frozen), (world, needed - set(frozen))
+    assert len(problems) == 16  # 2 shapes x 2 products x 4 GPU counts, no duplicate keys

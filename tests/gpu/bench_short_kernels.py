@@ -29,7 +29,8 @@ def _torch_sym(x, c, alpha, beta):
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-@pytest.mark.parametrize("name", ["attn_xxt", "attn_aat", "mlp_xxt", "mlp_aat"])
+# the shapes of one GPU (w1: every matrix on the GPU) and of each of 8 GPUs (w8: the record's slices)
+@pytest.mark.parametrize("name", [f"{m}_w{w}" for w in (1, 8) for m in ("attn_xxt", "attn_aat", "mlp_xxt", "mlp_aat")])
 def test_bench_sym_mm(benchmark, tg, name, impl):
     k = tg.kernels
     problem = next(p for p in k.PROBLEMS if p["name"] == name)

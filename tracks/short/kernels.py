@@ -35,14 +35,19 @@ DEFAULT_CONFIG = {"BLOCK": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4}
 # The shapes the short-track model sends through Polar Express (11 layers, width 768, 6x128 heads, MLP 4x,
 # no attention in one layer, so 10 attention layers x (q, k, v, o) = 40 square matrices and 11 x (fc, proj)
 # = 22 matrices of 768 x 3072, always oriented wide: M = 768 <= K). Each matrix shape gives two products:
-# "xxt" (A = X X^T, inner dim K) and "axpy" (b*A + c*A A^T, inner dim 768).
+# "xxt" (A = X X^T, inner dim K) and "axpy" (b*A + c*A A^T, inner dim 768). On K GPUs each rank orthogonalizes
+# ceil(n / K) matrices of a shape, so every GPU count the track runs on (1, 2, 4, 8) has its own batch sizes.
+WORLD_SIZES = (1, 2, 4, 8)
 PROBLEMS = [
-    {"name": "attn_xxt", "batch": 40, "M": 768, "K": 768, "has_c": False},
-    {"name": "attn_aat", "batch": 40, "M": 768, "K": 768, "has_c": True},
-    {"name": "mlp_xxt", "batch": 22, "M": 768, "K": 3072, "has_c": False},
-    {"name": "mlp_aat", "batch": 22, "M": 768, "K": 768, "has_c": True},
+    problem
+    for world in WORLD_SIZES
+    for problem in (
+        {"name": f"attn_xxt_w{world}", "batch": -(-40 // world), "M": 768, "K": 768, "has_c": False},
+        {"name": f"attn_aat_w{world}", "batch": -(-40 // world), "M": 768, "K": 768, "has_c": True},
+        {"name": f"mlp_xxt_w{world}", "batch": -(-22 // world), "M": 768, "K": 3072, "has_c": False},
+        {"name": f"mlp_aat_w{world}", "batch": -(-22 // world), "M": 768, "K": 768, "has_c": True},
+    )
 ]
-
 
 def problem_key(batch: int, M: int, K: int, has_c: bool) -> str:
     return f"b{batch}_m{M}_k{K}_{'c' if has_c else 'noc'}"

@@ -258,7 +258,8 @@ class BosRowLoader:
                 if not self.cycle:
                     raise StopIteration(f"data exhausted after {len(self.files)} shard(s)")
                 self.epoch += 1
-                print(f"data: train shards exhausted, starting epoch {self.epoch + 1}", flush=True)
+                if self.rank == 0:  # every rank reads the same files; one line in the log
+                    print(f"data: train shards exhausted, starting epoch {self.epoch + 1}", flush=True)
                 nxt = 0
             self._open(nxt)
 
