@@ -9,7 +9,9 @@ import json
 import shutil
 
 from conftest import FIXTURES
-from harness.telemetry import summarize_run, telemetry_markdown
+import pytest
+
+from harness.telemetry import campaign_outliers, summarize_run, telemetry_markdown
 from harness.telemetry.report import gpu_stragglers
 
 TRACES = FIXTURES / "telemetry"
@@ -73,3 +75,35 @@ def test_single_gpu_runs_have_no_straggler_section(tmp_path):
     summary = summarize_run(multi_gpu_run(tmp_path / "r", ["train_a"]), None)
     assert gpu_stragglers([("0", summary)]) == []
     assert "Per GPU" not in telemetry_markdown([("0", summary)])
+
+
+# --- real traces of one host with 2 H100s (tests/fixtures/telemetry/x2_*: a scaling campaign's 1-GPU and 2-GPU
+# runs of the short track and a 2-run 2-GPU campaign, recorded by the harness's sampler; see the README there)
+
+def _real(tmp_path, name):
+    dst = tmp_path / name
+    shutil.copytree(TRACES / name, dst)
+    window = tuple(json.loads((dst / "run.json").read_text())["timed_window_unix"])
+    return summarize_run(dst, window)
+
+
+def test_real_two_gpu_run_has_a_summary_per_gpu_and_a_straggler_line(tmp_path):
+    s = _real(tmp_path, "x2_gpus2")
+    assert sorted(s["per_gpu"]) == ["0", "1"] and len(set(s["gpu_uuids"])) == 2
+    per_gpu = s["per_gpu"]
+    # both GPUs trained for the whole window at their 700 W cap part of the time (the short track's s2/s3 stages)
+    assert all(g["sm_clock_mean_mhz"] > 1700 for g in per_gpu.values())
+    assert s["energy_j"] == pytest.approx(sum(g["energy_j"] for g in per_gpu.values()), rel=1e-6)
+    (line,) = gpu_stragglers([("1", s)])
+    slowest = min(per_gpu, key=lambda g: per_gpu[g]["sm_clock_mean_mhz"])
+    assert line.startswith(f"run 1: slowest GPU {slowest} ") and "within 1% of the others" in line
+
+
+def test_scaling_campaign_compares_runs_only_with_runs_on_as_many_gpus(tmp_path):
+    runs = [(n, _real(tmp_path, n)) for n in ("x2_gpus1", "x2_gpus2", "x2_gpus2_b", "x2_gpus2_c")]
+    # 1 GPU and 2 GPUs have different units by design: nothing to report
+    assert campaign_outliers(runs) == []
+    # the 2-GPU runs are still compared among themselves: one relabelled as other units stands out
+    edited = dict(runs[3][1], gpu_uuids=["GPU-other-a", "GPU-other-b"])
+    lines = campaign_outliers(runs[:3] + [("x2_gpus2_c", edited)])
+    assert lines == ["run x2_gpus2_c: different GPU units than most runs (UUIDs differ) (among the 2-GPU runs)"]

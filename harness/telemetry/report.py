@@ -47,6 +47,10 @@ def _throttle(s: dict, *keys: str) -> float:
     return sum(float(th.get(k) or 0.0) for k in keys)
 
 
+def _gpu_count(s: dict) -> int:
+    return len(s.get("gpu_uuids") or s.get("gpu_names") or ())
+
+
 def campaign_outliers(run_summaries: list[tuple[str, dict]]) -> list[str]:
     """Lines naming runs whose GPU behaved unlike the campaign's other runs, each with its likely cause.
 
@@ -54,8 +58,23 @@ def campaign_outliers(run_summaries: list[tuple[str, dict]]) -> list[str]:
     (robust z over the median absolute deviation, and at least 1% of clock / 10% of the window), when it
     ran on a different GPU model, units or power limit than most runs, when it spent any time in thermal or
     hardware slowdown (never normal in a datacenter), or when its sampler died.
+
+    Runs on different numbers of GPUs (a scaling campaign) are compared only with runs on as many GPUs: a
+    2-GPU run has other units, energy and clocks than a 1-GPU run by design, not by fault.
     """
     runs = [(label, s) for label, s in run_summaries if s]
+    by_count: dict[int, list] = {}
+    for label, s in runs:
+        by_count.setdefault(_gpu_count(s), []).append((label, s))
+    if len(by_count) <= 1:
+        return _outliers_among(runs)
+    lines = []
+    for count, members in sorted(by_count.items()):
+        lines += [f"{line} (among the {count}-GPU runs)" for line in _outliers_among(members)]
+    return lines
+
+
+def _outliers_among(runs: list[tuple[str, dict]]) -> list[str]:
     lines: list[str] = []
     if not runs:
         return lines
