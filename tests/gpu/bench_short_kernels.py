@@ -46,7 +46,9 @@ def test_bench_sym_mm(benchmark, tg, name, impl):
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-@pytest.mark.parametrize("shape", [(40, 768, 768), (22, 768, 3072)])
+# one GPU (all 40 + 22 matrices) and one of 8 GPUs (its ceil(n/8) slice: 5 + 3), where the single sym_mm calls
+# no longer beat cuBLAS (results/ci/2026-11-27-h100-ci-gpu): does the whole iteration still gain?
+@pytest.mark.parametrize("shape", [(40, 768, 768), (22, 768, 3072), (5, 768, 768), (3, 768, 3072)])
 def test_bench_polar_express(benchmark, tg, shape, impl):
     g = torch.randn(*shape, device="cuda")
     fn = lambda: tg.polar_express(g, use_triton=(impl == "triton"))  # noqa: E731
