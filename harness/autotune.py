@@ -20,6 +20,7 @@ file itself at run time; nothing is autotuned during a run.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -146,10 +147,11 @@ def autotune_track(track_folder: Path, bench: Callable[[Callable], float] = defa
     write_json_atomic(configs_path, merge_configs(table, gpu, version, results))
     log(f"autotune: wrote {len(results)} config(s) for {gpu!r} / triton {version} to {configs_path}")
     digest = sha256_file(configs_path)
-    if update_frozen_hash(track_folder / "track.toml", configs_path.name, digest):
-        log(f"autotune: track.toml [frozen] \"{configs_path.name}\" = \"{digest}\"")
+    rel = Path(os.path.relpath(configs_path, track_folder)).as_posix()  # [frozen] keys: paths from the track folder
+    if update_frozen_hash(track_folder / "track.toml", rel, digest):
+        log(f"autotune: track.toml [frozen] \"{rel}\" = \"{digest}\"")
     else:
-        log(f"autotune: {configs_path.name} sha256 {digest} (not listed in track.toml [frozen])")
+        log(f"autotune: {rel} sha256 {digest} (not listed in track.toml [frozen])")
     return configs_path
 
 

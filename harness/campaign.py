@@ -65,9 +65,7 @@ class Arm:
     @staticmethod
     def from_dict(d: dict) -> "Arm":
         t = d["track"]
-        track = track_from_dict(
-            {**t, "script": t["script"]}, Path(t["folder"]), source=f"campaign.json arm {d['name']!r}"
-        )
+        track = track_from_dict(t, Path(t["folder"]), source=f"campaign.json arm {d['name']!r}")
         return Arm(name=d["name"], track=track, script=Path(d["script"]), nproc=int(d["nproc"]), env=dict(d["env"]))
 
 
@@ -373,8 +371,7 @@ def gpu_indices(arm: Arm, env: dict[str, str]) -> list[int]:
 
 
 def _start_telemetry(run_dir: Path, arm: Arm, env: dict[str, str]):
-    ok, _ = telemetry.nvml_available()
-    return telemetry.start_sampler(run_dir, gpu_indices(arm, env)) if ok else None
+    return telemetry.start_sampler(run_dir, gpu_indices(arm, env))  # None without NVML
 
 
 def _stop_telemetry(sampler) -> None:
@@ -406,6 +403,20 @@ def load_runs(campaign_dir: str | Path) -> list[dict]:
     return out
 
 
+def check_arm_data(arm: Arm) -> None:
+    """A track that reads shards must find them before the campaign starts, not after N crashed runs."""
+    if not arm.track.data:
+        return
+    data_path = run_environment(arm, 0, 0, "check").get("DATA_PATH")
+    if not data_path:
+        return
+    path = Path(data_path)
+    missing = [pat for pat in ("fineweb_val_*.bin", "fineweb_train_*.bin") if not list(path.glob(pat))]
+    if missing:
+        raise HarnessError(f"data folder {path} has no {' or '.join(missing)}: run 'speedrun data fineweb "
+                           f"--shards N' (or pass --data-path DIR)")
+
+
 def load_campaign(campaign_dir: str | Path) -> dict:
     d = Path(campaign_dir)
     if not d.is_dir():
@@ -429,6 +440,8 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
     if unknown:
         raise HarnessError(f"schedule names unknown arms: {', '.join(unknown)}")
     seeds = seeds if seeds is not None else list(range(len(schedule)))
+    for arm in arms:  # every command that runs a campaign (run, resume, compare, scaling) checks here
+        check_arm_data(arm)
     campaign_path = out_dir / "campaign.json"
     if resume:
         campaign = read_json(campaign_path)
@@ -454,9 +467,8 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
     write_json_atomic(campaign_path, campaign)
 
     display = _Display(len(schedule), quiet=quiet)
-    completed = load_runs(out_dir)
-    done = {r["index"] for r in completed if r.get("status") in FINISHED}
-    completed = [r for r in completed if r.get("status") in FINISHED]
+    completed = [r for r in load_runs(out_dir) if r.get("status") in FINISHED]
+    done = {r["index"] for r in completed}
     stop_reason = stop_rule(completed) if (stop_rule and completed) else None
     try:
         with display:

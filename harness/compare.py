@@ -278,8 +278,8 @@ def cmd_compare(baseline: str, candidate: str, runs: int, until_significant: boo
                 max_runs: int | None = None, out: str | None = None, env: dict | None = None,
                 nproc: int | None = None, telemetry: bool = True, quiet: bool = False) -> int:
     """Run both arms interleaved; print and write the comparison. Exit 0, or 3 if some runs failed."""
-    from harness.campaign import load_runs, new_campaign_dir, run_campaign
-    from harness.report import print_summary
+    from harness.campaign import new_campaign_dir, run_campaign
+    from harness.run_command import finish_campaign
 
     if max_runs is not None and not until_significant:
         raise HarnessError("--max-runs goes with --until-significant")
@@ -298,5 +298,4 @@ def cmd_compare(baseline: str, candidate: str, runs: int, until_significant: boo
     out_dir = new_campaign_dir(cand.track.name, out)
     campaign_dir = run_campaign(out_dir, [base, cand], schedule, stop_rule=stop_rule, telemetry=telemetry,
                                 kind="compare", seeds=seeds, extra=extra, quiet=quiet)
-    print_summary(campaign_dir)
-    return 3 if any(r.get("status") != "ok" for r in load_runs(campaign_dir)) else 0
+    return finish_campaign(campaign_dir)

@@ -49,6 +49,22 @@ def read_json(path: str | os.PathLike) -> Any:
         raise HarnessError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise HarnessError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object file, or {} when it is missing, unreadable or not an object: for readers that report
+    what they can (telemetry summaries, plots) and must never stop a campaign or a report."""
+    from harness.errors import HarnessError
+
+    try:
+        data = read_json(path)
+    except HarnessError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -10,12 +10,11 @@ A plot is a convenience: a run with a malformed run.json or no telemetry is left
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from harness.fsio import write_bytes_atomic
+from harness.fsio import read_json_object, write_bytes_atomic
 from harness.telemetry.summary import load_trace
 
 
@@ -25,11 +24,7 @@ def _run_dirs(campaign_dir: Path) -> list[Path]:
 
 
 def _read_run_json(run_dir: Path) -> dict:
-    try:
-        data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json_object(run_dir / "run.json")
 
 
 def _label(run_dir: Path, run: dict) -> str:
@@ -38,11 +33,7 @@ def _label(run_dir: Path, run: dict) -> str:
 
 
 def _campaign_json(campaign_dir: Path) -> dict:
-    try:
-        c = json.loads((campaign_dir / "campaign.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return c if isinstance(c, dict) else {}
+    return read_json_object(campaign_dir / "campaign.json")
 
 
 def _target(campaign_dir: Path) -> float | None:

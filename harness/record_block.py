@@ -24,7 +24,7 @@ class BlockNumbers:
     time_mean: float
 
 
-def _std_mean(values: list[float]) -> tuple[float, float, str]:
+def std_mean(values: list[float]) -> tuple[float, float, str]:
     import warnings
 
     import torch
@@ -36,7 +36,7 @@ def _std_mean(values: list[float]) -> tuple[float, float, str]:
     return float(std), float(mean), str(result)
 
 
-def _p_value(losses: list[float], target: float) -> float:
+def p_value(losses: list[float], target: float) -> float:
     import scipy.stats
 
     if len(losses) < 2:
@@ -46,9 +46,9 @@ def _p_value(losses: list[float], target: float) -> float:
 
 def block_numbers(losses: list[float], times: list[float], target: float) -> BlockNumbers:
     losses, times = _as_printed(losses, 4), _as_printed(times, 3)
-    loss_std, loss_mean, _ = _std_mean(losses)
-    time_std, time_mean, _ = _std_mean(times)
-    return BlockNumbers(_p_value(losses, target), loss_std, loss_mean, time_std, time_mean)
+    loss_std, loss_mean, _ = std_mean(losses)
+    time_std, time_mean, _ = std_mean(times)
+    return BlockNumbers(p_value(losses, target), loss_std, loss_mean, time_std, time_mean)
 
 
 def _as_printed(values: list[float], decimals: int) -> list[float]:
@@ -75,8 +75,8 @@ def render_block(losses: list[float], times: list[float], target: float, with_p:
     if not losses:
         raise HarnessError("no runs: the block needs at least one loss and one time")
     losses, times = _as_printed(losses, 4), _as_printed(times, 3)
-    _, _, loss_repr = _std_mean(losses)
-    _, _, time_repr = _std_mean(times)
+    _, _, loss_repr = std_mean(losses)
+    _, _, time_repr = std_mean(times)
     lines = [
         "import scipy.stats",
         "import torch",
@@ -86,7 +86,7 @@ def render_block(losses: list[float], times: list[float], target: float, with_p:
         "",
     ]
     if with_p:
-        p = _p_value(losses, target)
+        p = p_value(losses, target)
         lines += [
             f'print("p=%.4f" % scipy.stats.ttest_1samp(losses, {target!r}, alternative="less").pvalue)',
             "# p=%.4f" % p,
@@ -184,7 +184,7 @@ def parse_blocks(markdown_text: str, source: str = "write-up") -> list[ParsedBlo
     return blocks
 
 
-def _format_like(value: float, printed: str) -> str:
+def format_like(value: float, printed: str) -> str:
     """Format `value` at the precision and in the notation of the printed text."""
     if math.isnan(value):
         return "nan"
@@ -205,24 +205,24 @@ def printed_matches(block: ParsedBlock) -> list[str]:
         return ["the block lacks the losses or the times list"]
     if len(block.losses) != len(block.times):
         problems.append(f"{len(block.losses)} losses but {len(block.times)} times")
-    loss_std, loss_mean, _ = _std_mean(block.losses) if block.losses else (math.nan, math.nan, "")
-    time_std, time_mean, _ = _std_mean(block.times) if block.times else (math.nan, math.nan, "")
+    loss_std, loss_mean, _ = std_mean(block.losses) if block.losses else (math.nan, math.nan, "")
+    time_std, time_mean, _ = std_mean(block.times) if block.times else (math.nan, math.nan, "")
     actual = {"loss_std": loss_std, "loss_mean": loss_mean, "time_std": time_std, "time_mean": time_mean}
     if "p" in block.printed_text:
         if block.target is None:
             problems.append("a p-value is printed but the t-test line naming the target is missing")
         else:
-            actual["p"] = _p_value(block.losses, block.target)
+            actual["p"] = p_value(block.losses, block.target)
     for name, printed in block.printed_text.items():
         if name not in actual:
             continue
-        want = _format_like(actual[name], printed)
-        if not _same_printed(want, printed):
+        want = format_like(actual[name], printed)
+        if not same_printed(want, printed):
             problems.append(f"printed {name} {printed} but the block's own lists give {want}")
     return problems
 
 
-def _same_printed(a: str, b: str) -> bool:
+def same_printed(a: str, b: str) -> bool:
     try:
         return float(a) == float(b) or a.strip() == b.strip()
     except ValueError:

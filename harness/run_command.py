@@ -27,7 +27,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = with_data_path(parse_env_pairs(args.env), args.data_path)
     base = make_arm(args.track, name="main", nproc=args.nproc, env=env)
     arm = make_arm(args.script, name="main", default_track=base.track, nproc=args.nproc, env=env) if args.script else base
-    check_data(arm)
     stop_rule, extra = None, {}
     if args.until_significant:
         from harness.sequential import make_stop_rule
@@ -45,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _clock_lock(args.lock_clocks, arm):
         campaign_dir = run_campaign(out, [arm], schedule, stop_rule=stop_rule, telemetry=not args.no_telemetry,
                                     seeds=seeds, extra=extra, quiet=args.quiet)
-    return _finish(campaign_dir)
+    return finish_campaign(campaign_dir)
 
 
 def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False) -> int:
@@ -68,10 +67,11 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False) -> i
     campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
                                 telemetry=telemetry and campaign.get("telemetry", True), resume=True,
                                 seeds=campaign["seeds"], quiet=quiet)
-    return _finish(campaign_dir)
+    return finish_campaign(campaign_dir)
 
 
-def _finish(campaign_dir: Path) -> int:
+def finish_campaign(campaign_dir: Path) -> int:
+    """Print the campaign's summary; the exit status of every campaign command: 0, or 3 if some runs failed."""
     print_summary(campaign_dir)
     runs = load_runs(campaign_dir)
     return EXIT_SOME_RUNS_FAILED if any(r.get("status") != "ok" for r in runs) else 0
@@ -85,20 +85,6 @@ def with_data_path(env: dict[str, str], data_path: str | None) -> dict[str, str]
             raise HarnessError(f"--data-path {data}: no such folder")
         env = {**env, "DATA_PATH": str(data.resolve())}
     return env
-
-
-def check_data(arm: Arm) -> None:
-    """A track that reads shards must find them before the campaign starts, not after N crashed runs."""
-    if not arm.track.data:
-        return
-    data_path = run_environment(arm, 0, 0, "check").get("DATA_PATH")
-    if not data_path:
-        return
-    path = Path(data_path)
-    missing = [pat for pat in ("fineweb_val_*.bin", "fineweb_train_*.bin") if not list(path.glob(pat))]
-    if missing:
-        raise HarnessError(f"data folder {path} has no {' or '.join(missing)}: run 'speedrun data fineweb "
-                           f"--shards N' (or pass --data-path DIR)")
 
 
 def _clock_lock(mhz: int | None, arm: Arm):

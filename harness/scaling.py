@@ -170,9 +170,8 @@ def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: d
                 script: str | None = None, data_path: str | None = None, telemetry: bool = True,
                 quiet: bool = False, gpu_count=visible_gpu_count) -> int:
     """Run the scaling campaign; print the scaling table. Exit 0, or 3 if some runs failed."""
-    from harness.campaign import load_runs, make_arm, new_campaign_dir, run_campaign
-    from harness.report import print_summary
-    from harness.run_command import check_data, with_data_path
+    from harness.campaign import make_arm, new_campaign_dir, run_campaign
+    from harness.run_command import finish_campaign, with_data_path
     from harness.tracks import load_track
 
     counts = parse_gpu_counts(gpus)
@@ -180,12 +179,10 @@ def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: d
     track_def = load_track(track)
     if track_def.uses_gpu and counts[-1] > (have := gpu_count()):
         raise HarnessError(f"--gpus asks for up to {counts[-1]} GPUs; this node shows {have}")
-    arms = [make_arm(script or track, name=arm_name(k), default_track=track_def, nproc=k, env=env)
+    arms = [make_arm(script or str(track_def.script), name=arm_name(k), default_track=track_def, nproc=k, env=env)
             for k in counts]
-    check_data(arms[0])
     schedule, seeds = scaling_schedule(counts, runs)
     out_dir = new_campaign_dir(track_def.name, out)
     campaign_dir = run_campaign(out_dir, arms, schedule, telemetry=telemetry, kind="scaling", seeds=seeds,
                                 extra={"scaling": {"gpus": counts, "runs": runs}}, quiet=quiet)
-    print_summary(campaign_dir)  # the blocks and the scaling tables (record.md's timing section)
-    return 3 if any(r.get("status") != "ok" for r in load_runs(campaign_dir)) else 0
+    return finish_campaign(campaign_dir)  # prints the blocks and the scaling tables (record.md's timing section)

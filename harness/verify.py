@@ -22,7 +22,8 @@ from pathlib import Path
 from harness.campaign import run_log_path
 from harness.errors import HarnessError
 from harness.fsio import read_json
-from harness.logs import ParsedLog, check_monotonic, looks_like_log, parse_log, parse_log_file
+from harness.logs import ParsedLog, looks_like_log, parse_log, parse_log_file
+from harness.record_block import format_like, p_value, same_printed, std_mean
 
 DEFAULT_ALPHA = 0.01
 _MS = Decimal("0.001")
@@ -307,24 +308,11 @@ def _choose_claim(blocks, groups) -> tuple[int | None, str | None, list[_Entry] 
 
 def _recompute(losses: list[float], times: list[float], target: float) -> dict[str, float]:
     """The block's own expressions on the logs' values: scipy's one-sided t-test and float32 torch.std_mean."""
-    import scipy.stats
-    import torch
-
-    out = {"p": math.nan}
-    if len(losses) >= 2:
-        out["p"] = float(scipy.stats.ttest_1samp(losses, target, alternative="less").pvalue)
+    out = {"p": p_value(losses, target)}
     for key, values in (("loss", losses), ("time", times)):
         if values:
-            std, mean = torch.std_mean(torch.tensor(values))
-            out[f"{key}_std"], out[f"{key}_mean"] = float(std), float(mean)
+            out[f"{key}_std"], out[f"{key}_mean"], _ = std_mean(values)
     return out
-
-
-def _as_printed(value: float, printed: str) -> str:
-    digits = len(printed.lower().split("e")[0].split(".")[1]) if "." in printed else 0
-    if math.isnan(value):
-        return "nan"
-    return f"{value:.{digits}e}" if "e" in printed.lower() else f"{value:.{digits}f}"
 
 
 def _printed_vs(block, values: dict[str, float]) -> list[str]:
@@ -332,13 +320,8 @@ def _printed_vs(block, values: dict[str, float]) -> list[str]:
     for name, printed in (getattr(block, "printed_text", None) or {}).items():
         if name not in values:
             continue
-        want = _as_printed(values[name], printed)
-        try:
-            # nan (a one-run block: no std, no p) is printed as recomputed when both are nan
-            same = float(want) == float(printed) or (math.isnan(float(want)) and math.isnan(float(printed)))
-        except ValueError:
-            same = want == printed
-        if not same:
+        want = format_like(values[name], printed)
+        if not same_printed(want, printed):  # nan (a one-run block: no std, no p) matches its nan text
             out.append(f"printed {name} {printed}, the logs give {want}")
     return out
 
@@ -390,7 +373,7 @@ def _check_monotonic(members: list[_Entry]) -> Check:
     for e in members:
         if e.parsed is None:
             continue
-        problems = check_monotonic(e.parsed)
+        problems = e.parsed.monotonic_problems  # parse_log computed them
         if problems:
             bad.append(f"{e.label}: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
     if bad:

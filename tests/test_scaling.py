@@ -3,15 +3,12 @@ equal steps. CPU: the tiny track on 1 and 2 gloo ranks (real torchrun); the pars
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from harness.errors import HarnessError
 from harness.scaling import (cmd_scaling, parse_gpu_counts, scaling_schedule, scaling_table, stage_step_times)
-from tests.conftest import run_cli
+from conftest import REPO, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 PROXY = REPO / "results" / "short" / "2026-11-27-h100-proxy" / "runs" / "0"
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import load_module, run_collective_worker
+from harness.logs import parse_log
 
 TRACK = Path(__file__).resolve().parents[1] / "tracks" / "short"
 
@@ -286,14 +287,9 @@ def test_training_script_end_to_end_tiny_cpu(tmp_path):
     one = [float(re.search(r"val_loss:([\d.]+)", ln).group(1)) for ln in step_lines if "val_loss" in ln]
     assert len(one) == 4 and one[0] == pytest.approx(math.log(50304), abs=0.1)
     assert one[-1] < one[0] - 0.1, "training moves the validation loss"
-    try:
-        from harness.logs import parse_log
-    except ImportError:
-        parse_log = None
-    if parse_log is not None:
-        parsed = parse_log(text)
-        assert parsed.reached_final and parsed.final_step == 5 and parsed.total_steps == 5
-        assert parsed.final_val_loss == pytest.approx(one[-1])
+    parsed = parse_log(text)
+    assert parsed.reached_final and parsed.final_step == 5 and parsed.total_steps == 5
+    assert parsed.final_val_loss == pytest.approx(one[-1])
     _, log2 = _tiny_run(tmp_path, data_dir, "two", 2)
     two = [float(v) for v in re.findall(r"^step:\d+/\d+ val_loss:([\d.]+)", log2.read_text(), re.M)]
     assert two == pytest.approx(one, abs=2e-3)

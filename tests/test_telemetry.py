@@ -37,7 +37,7 @@ def window(name: str) -> tuple[float, float]:
 def runs(tmp_path) -> Path:
     """A writable copy of the fixture runs (summarize_run writes telemetry.npz next to the CSV)."""
     dst = tmp_path / "runs"
-    shutil.copytree(FIX, dst, ignore=shutil.ignore_patterns("README.md"))
+    shutil.copytree(FIX, dst, ignore=shutil.ignore_patterns("README.md", "x2_*"))  # x2_*: test_telemetry_multigpu
     return dst
 
 
@@ -296,3 +296,13 @@ def test_ab_stats_on_recorded_overhead():
         1 / st["ratio_median"], rel=1e-3)
     with pytest.raises(ValueError):
         ab_stats([1.0, 2.0], [1.0])
+
+
+def test_sampler_dead_at_start_is_named_once_without_identity_noise(runs, tmp_path):
+    # no samples, so no GPU model, units or power limit to compare: only the death is a cause, and the run is
+    # not split into a group of its own (it watched 1 GPU, like the others)
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "telemetry_meta.json").write_text(json.dumps({"state": "died", "gpus": [0], "error": "NVML init failed: x"}))
+    lines = campaign_outliers(summaries(runs, ["train_a", "train_b"]) + [("d", summarize_run(dead, None))])
+    assert lines == ["run d: telemetry incomplete (NVML init failed: x)"]

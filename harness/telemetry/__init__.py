@@ -82,12 +82,9 @@ class SamplerHandle:
         return self._reason_from_files(rc)
 
     def _reason_from_files(self, rc: int) -> str:
-        from harness.fsio import read_json
+        from harness.fsio import read_json_object
 
-        try:
-            meta = read_json(self.out_dir / META_JSON)
-        except Exception:
-            meta = {}
+        meta = read_json_object(self.out_dir / META_JSON)
         if meta.get("error"):
             return str(meta["error"])
         if rc < 0:

@@ -48,7 +48,8 @@ def _throttle(s: dict, *keys: str) -> float:
 
 
 def _gpu_count(s: dict) -> int:
-    return len(s.get("gpu_uuids") or s.get("gpu_names") or ())
+    """GPUs the run's sampler watched (also known when it died before its first sample)."""
+    return len(s.get("gpus") or s.get("gpu_uuids") or ())
 
 
 def campaign_outliers(run_summaries: list[tuple[str, dict]]) -> list[str]:
@@ -74,13 +75,29 @@ def campaign_outliers(run_summaries: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+def _identity_causes(s: dict, usual_gpu: tuple, usual_uuids: tuple, usual_limit: tuple) -> list[str]:
+    """A run on another GPU model, other units or another power limit than most runs."""
+    causes = []
+    if _gpu_key(s) != usual_gpu:
+        causes.append(f"a different GPU ({', '.join(s.get('gpu_names') or ['unknown'])} "
+                      f"vs {', '.join(usual_gpu) or 'unknown'} in most runs)")
+    elif usual_uuids and tuple(s.get("gpu_uuids") or ()) != usual_uuids:
+        causes.append("different GPU units than most runs (UUIDs differ)")
+    if tuple(s.get("power_limits_w") or ()) != usual_limit:
+        causes.append(f"a different power limit ({_join_w(s.get('power_limits_w'))} vs {_join_w(usual_limit)})")
+    return causes
+
+
 def _outliers_among(runs: list[tuple[str, dict]]) -> list[str]:
     lines: list[str] = []
     if not runs:
         return lines
 
+    # a run whose sampler recorded nothing has no GPU identity to compare (its death is reported below)
+    identified = [s for _, s in runs if s.get("per_gpu")]
+
     def most_common(key):
-        return Counter(key(s) for _, s in runs).most_common(1)[0][0]
+        return Counter(key(s) for s in identified).most_common(1)[0][0] if identified else key({})
 
     usual_gpu = most_common(_gpu_key)
     usual_limit = most_common(lambda s: tuple(s.get("power_limits_w") or ()))
@@ -94,14 +111,7 @@ def _outliers_among(runs: list[tuple[str, dict]]) -> list[str]:
     enough = len(runs) >= MIN_RUNS_FOR_OUTLIERS
 
     for label, s in runs:
-        causes: list[str] = []
-        if _gpu_key(s) != usual_gpu:
-            causes.append(f"a different GPU ({', '.join(s.get('gpu_names') or ['unknown'])} "
-                          f"vs {', '.join(usual_gpu) or 'unknown'} in most runs)")
-        elif usual_uuids and tuple(s.get("gpu_uuids") or ()) != usual_uuids:
-            causes.append("different GPU units than most runs (UUIDs differ)")
-        if tuple(s.get("power_limits_w") or ()) != usual_limit:
-            causes.append(f"a different power limit ({_join_w(s.get('power_limits_w'))} vs {_join_w(usual_limit)})")
+        causes = _identity_causes(s, usual_gpu, usual_uuids, usual_limit) if s.get("per_gpu") else []
         thermal = _throttle(s, "sw_thermal", "hw_thermal")
         if thermal > 0:
             causes.append(f"thermal slowdown for {thermal:.1f} s (peak {s.get('peak_temp_c')} °C)")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from harness.fsio import read_json_object
 from harness.telemetry.files import ENERGY_CSV, EXIT_JSON, META_JSON, NPZ, TELEMETRY_CSV
 
 # Clock-event ("throttle") reason bits of nvmlDeviceGetCurrentClocksEventReasons that the summary reports.
@@ -96,18 +96,11 @@ def _read_csv(path: Path, names: tuple[str, ...], conv) -> dict[str, np.ndarray]
     return {n: arr[:, i] for i, n in enumerate(names)}
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def load_trace(run_dir: Path) -> Trace | None:
     """The run's telemetry (CSV preferred, else the .npz written by an earlier summary); None if none."""
     run_dir = Path(run_dir)
-    meta = _read_json(run_dir / META_JSON)
-    exit_info = _read_json(run_dir / EXIT_JSON)
+    meta = read_json_object(run_dir / META_JSON)
+    exit_info = read_json_object(run_dir / EXIT_JSON)
     tel_csv = run_dir / TELEMETRY_CSV
     if tel_csv.is_file():
         cols = _read_csv(tel_csv, COLUMNS, lambda n, v: _num(v))
@@ -251,7 +244,7 @@ def summarize_run(run_dir: Path, timed_window: tuple[float, float] | None) -> di
     run_dir = Path(run_dir)
     tr = load_trace(run_dir)
     if tr is None:
-        meta = _read_json(run_dir / META_JSON)
+        meta = read_json_object(run_dir / META_JSON)
         if meta:  # the sampler started but wrote no series: say why
             return {"sampler_died": True, "sampler_note": meta.get("error") or "no samples written",
                     "gpus": meta.get("gpus", []), "per_gpu": {}}
