@@ -417,13 +417,22 @@ def check_arm_data(arm: Arm) -> None:
                            f"--shards N' (or pass --data-path DIR)")
 
 
+CAMPAIGN_KEYS = ("id", "track", "arms", "schedule", "seeds")  # what every reader of campaign.json relies on
+
+
 def load_campaign(campaign_dir: str | Path) -> dict:
     d = Path(campaign_dir)
     if not d.is_dir():
         raise HarnessError(f"{d}: no such campaign folder")
     if not (d / "campaign.json").is_file():
         raise HarnessError(f"{d}: not a campaign folder (no campaign.json)")
-    return read_json(d / "campaign.json")
+    campaign = read_json(d / "campaign.json")
+    if not isinstance(campaign, dict):
+        raise HarnessError(f"{d / 'campaign.json'}: not a JSON object")
+    missing = [k for k in CAMPAIGN_KEYS if k not in campaign]
+    if missing:
+        raise HarnessError(f"{d / 'campaign.json'}: missing {', '.join(map(repr, missing))} (not written by speedrun?)")
+    return campaign
 
 
 def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,

@@ -89,6 +89,10 @@ def load_manifest(folder: Path) -> dict:
     manifest = read_json(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
         raise HarnessError(f"{path}: not a shard manifest (expected an object with a 'shards' list)")
+    for e in manifest.get("shards", []):
+        if not (isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("tokens"), int)):
+            raise HarnessError(f"{path}: a shard entry lacks its file name or token count: {e!r} "
+                               f"(delete the manifest to rebuild it from the shards)")
     return manifest
 
 
@@ -111,20 +115,19 @@ def ensure_shards(folder: Path, names: list[str], fetch: Callable[[str, Path], P
     """
     folder.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(folder)
-    entries = {e["file"]: e for e in manifest.get("shards", []) if isinstance(e, dict) and "file" in e}
+    entries = {e["file"]: e for e in manifest.get("shards", [])}
 
-    def save():
+    def build() -> dict:
         ordered = sorted(entries.values(), key=lambda e: (not e["file"].startswith("fineweb_val"), e["file"]))
-        write_json_atomic(folder / MANIFEST, {
+        return {
             "dataset": "fineweb10B-gpt2",
             "format": "256 x int32 LE header [20240520, 1, n_tokens], then n_tokens x uint16 GPT-2 token ids",
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "tokens": {"val": sum(e["tokens"] for e in ordered if e["file"].startswith("fineweb_val")),
                        "train": sum(e["tokens"] for e in ordered if e["file"].startswith("fineweb_train"))},
             "shards": ordered,
-        })
+        }
 
-    changed = False
     for name in names:
         path = folder / name
         if name in entries and path.exists():
@@ -137,11 +140,10 @@ def ensure_shards(folder: Path, names: list[str], fetch: Callable[[str, Path], P
                 shutil.move(str(got), path)
             log(f"data: {name} fetched")
         entries[name] = shard_entry(path, source)
-        changed = True
-        save()
-    if changed or not (folder / MANIFEST).exists():
-        save()
-    return load_manifest(folder)
+        write_json_atomic(folder / MANIFEST, build())
+    if not (folder / MANIFEST).exists():
+        write_json_atomic(folder / MANIFEST, build())
+    return build()
 
 
 def adopt_from(src: Path) -> Callable[[str, Path], Path]:
@@ -151,10 +153,13 @@ def adopt_from(src: Path) -> Callable[[str, Path], Path]:
         if not s.is_file():
             raise HarnessError(f"--from {src}: {name} is missing there")
         read_header(s)  # refuse a bad shard before copying it
-        tmp = dest / f".{name}.partial"
-        shutil.copyfile(s, tmp)
-        final = dest / name
-        tmp.replace(final)
+        tmp, final = dest / f".{name}.partial", dest / name
+        try:
+            shutil.copyfile(s, tmp)
+            tmp.replace(final)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise HarnessError(f"cannot copy {s} to {dest}: {e.strerror or e}") from None
         return final
     return fetch
 

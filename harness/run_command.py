@@ -19,9 +19,16 @@ EXIT_SOME_RUNS_FAILED = 3
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.track or args.script or args.runs:
-            raise HarnessError("--resume takes the campaign as it was asked; drop TRACK/--runs/--script")
-        return resume_campaign(args.resume, telemetry=not args.no_telemetry, quiet=args.quiet)
+        given = [flag for flag, value in (("TRACK", args.track), ("--runs", args.runs), ("--script", args.script),
+                                          ("--nproc", args.nproc), ("--out", args.out), ("--env", args.env),
+                                          ("--data-path", args.data_path), ("--seed-base", args.seed_base),
+                                          ("--until-significant", args.until_significant),
+                                          ("--max-runs", args.max_runs)) if value]
+        if given:
+            raise HarnessError(f"--resume takes the campaign as it was asked; drop {', '.join(given)} "
+                               f"(only --quiet, --no-telemetry and --lock-clocks go with it)")
+        return resume_campaign(args.resume, telemetry=not args.no_telemetry, quiet=args.quiet,
+                               lock_clocks=args.lock_clocks)
     if not args.track:
         raise HarnessError("name a track (e.g. 'speedrun run tiny --runs 5') or --resume CAMPAIGN")
     env = with_data_path(parse_env_pairs(args.env), args.data_path)
@@ -47,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return finish_campaign(campaign_dir)
 
 
-def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False) -> int:
+def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock_clocks: int | None = None) -> int:
     campaign = load_campaign(path)
     if campaign.get("status") == "complete":
         raise HarnessError(f"{path}: this campaign is already complete")
@@ -64,9 +71,10 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False) -> i
         t = arms[0].track
         seq = campaign["until_significant"]
         stop_rule = make_stop_rule(t.target, t.alpha, seq["max_runs"], kind=seq.get("kind", "one-sample"))
-    campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
-                                telemetry=telemetry and campaign.get("telemetry", True), resume=True,
-                                seeds=campaign["seeds"], quiet=quiet)
+    with _clock_lock(lock_clocks, arms[0]):
+        campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
+                                    telemetry=telemetry and campaign.get("telemetry", True), resume=True,
+                                    seeds=campaign["seeds"], quiet=quiet)
     return finish_campaign(campaign_dir)
 
 

@@ -102,14 +102,26 @@ def track_from_dict(raw: dict, folder: Path, source: str = "track.toml") -> Trac
             raise HarnessError(f"{source}: {key!r} must be {kind.__name__}, got {val!r}")
         return val
 
+    def opt(key, kind, default):
+        return need(key, kind) if raw.get(key) is not None else default
+
+    def table(key) -> dict:
+        val = raw.get(key, {})
+        if not isinstance(val, dict):
+            raise HarnessError(f"{source}: [{key}] must be a table of key = value, got {val!r}")
+        return val
+
     name = need("name", str)
     script = folder / need("script", str)
     nproc = need("nproc", int)
     target = need("target", float)
-    alpha = float(raw.get("alpha", 0.01))
-    timeout_s = float(raw.get("timeout_s", 3600))
-    hang_timeout_s = float(raw.get("hang_timeout_s", 600))
-    final_step = raw.get("final_step")
+    alpha = opt("alpha", float, 0.01)
+    timeout_s = opt("timeout_s", float, 3600.0)
+    hang_timeout_s = opt("hang_timeout_s", float, 600.0)
+    final_step = opt("final_step", int, None)
+    pins = {k: str(v) for k, v in table("pins").items()}
+    if "gpu_count" in pins and not pins["gpu_count"].isdigit():
+        raise HarnessError(f"{source}: [pins] gpu_count must be a whole number, got {pins['gpu_count']!r}")
     if nproc < 1:
         raise HarnessError(f"{source}: nproc must be >= 1")
     if not (0 < alpha < 1):
@@ -125,14 +137,14 @@ def track_from_dict(raw: dict, folder: Path, source: str = "track.toml") -> Trac
         nproc=nproc,
         target=target,
         alpha=alpha,
-        final_step=int(final_step) if final_step is not None else None,
+        final_step=final_step,
         timeout_s=timeout_s,
         hang_timeout_s=hang_timeout_s,
         description=str(raw.get("description", "")),
-        frozen=dict(raw.get("frozen", {})),
-        env={k: str(v) for k, v in raw.get("env", {}).items()},
-        pins={k: str(v) for k, v in raw.get("pins", {}).items()},
-        reference=dict(raw.get("reference", {})),
-        data=dict(raw.get("data", {})),
+        frozen=dict(table("frozen")),
+        env={k: str(v) for k, v in table("env").items()},
+        pins=pins,
+        reference=dict(table("reference")),
+        data=dict(table("data")),
         uses_gpu=bool(raw.get("uses_gpu", True)),
     )

@@ -306,6 +306,14 @@ def _choose_claim(blocks, groups) -> tuple[int | None, str | None, list[_Entry] 
 # Recomputation
 
 
+def _as_number(value, what: str, root: Path) -> float:
+    """campaign.json's track target or alpha as a number; anything else is a malformed campaign."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise HarnessError(f"{root / 'campaign.json'}: track {what} must be a number, got {value!r}") from None
+
+
 def _recompute(losses: list[float], times: list[float], target: float) -> dict[str, float]:
     """The block's own expressions on the logs' values: scipy's one-sided t-test and float32 torch.std_mean."""
     out = {"p": p_value(losses, target)}
@@ -531,9 +539,9 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
     if use_target is None:
         raise HarnessError("no target loss: the block has no ttest_1samp(losses, T, ...) line and the folder does "
                            "not name one; give --target (3.28 short track, 2.92 medium)")
-    use_target = float(use_target)
+    use_target = _as_number(use_target, "target", root)
     checks.append(_check_target(block_target, track_target, target, use_target))
-    alpha = float(alpha if alpha is not None else track.get("alpha", DEFAULT_ALPHA))
+    alpha = _as_number(alpha if alpha is not None else track.get("alpha", DEFAULT_ALPHA), "alpha", root)
 
     values = _recompute([float(v) for v in log_losses], [float(v) for v in log_times], use_target)
     if claim is not None:

@@ -140,9 +140,12 @@ speedrun_driver_links_dir() {
     echo "$final"
     return 0
   fi
-  mkdir -p -- "$base"
   local tmp
-  tmp="$(mktemp -d "$base/.new.XXXXXX")"
+  # callers run this in $(...) or under `|| exit`, where set -e does not act: stop here ourselves
+  if ! mkdir -p -- "$base" 2>/dev/null || ! tmp="$(mktemp -d "$base/.new.XXXXXX" 2>/dev/null)"; then
+    echo "error: cannot create the driver links folder under $base (set SPEEDRUN_DRIVER_LINKS to a writable folder)" >&2
+    return 1
+  fi
   for lib in "${libs[@]}"; do
     ln -s -- "$lib" "$tmp/$(basename -- "$lib")"
   done

@@ -36,7 +36,10 @@ else
     echo "error: nvidia-smi not found: ci-gpu runs on an NVIDIA GPU node (set CI_NPROC to skip the GPU count)" >&2
     exit 2
   fi
-  nvidia-smi | tee "$out/nvidia-smi.txt"
+  if ! nvidia-smi | tee "$out/nvidia-smi.txt"; then
+    echo "error: nvidia-smi failed: no usable NVIDIA driver on this node" >&2
+    exit 2
+  fi
   nproc="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
   if [[ "$nproc" -lt 1 ]]; then
     echo "error: nvidia-smi lists no GPU" >&2

@@ -152,6 +152,8 @@ def test_ctrl_c_keeps_everything_and_resume_finishes(tmp_path):
     (["run"], "name a track"),
     (["run", str(FAKE), "--script", "/nonexistent.py"], "not found"),
     (["run", str(FAKE), "--runs", "0"], "expected at least 1"),
+    (["run", "--resume", "/tmp", "--env", "A=1", "--nproc", "2"], "drop --nproc, --env"),
+    (["run", "--resume", "/tmp", "--until-significant"], "drop --until-significant"),
 ])
 def test_cli_bad_input_is_one_clear_line(args, msg):
     r = run_cli(*args)
@@ -213,3 +215,33 @@ def test_written_files_are_readable_by_others(tmp_path):
 
     p = write_json_atomic(tmp_path / "x.json", {"a": 1})
     assert p.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('alpha = "abc"', "'alpha' must be float"),
+    ('final_step = "ten"', "'final_step' must be int"),
+    ('env = ["a"]', "[env] must be a table"),
+    ('[pins]\ngpu_count = "8x"', "[pins] gpu_count must be a whole number"),
+])
+def test_malformed_track_toml_is_one_error_line(tmp_path, extra, message):
+    folder = tmp_path / "trk"
+    folder.mkdir()
+    (folder / "train.py").write_text("print('step:1/1 val_loss:1.0 train_time:1ms')\n")
+    (folder / "track.toml").write_text(f'name = "trk"\nscript = "train.py"\nnproc = 1\ntarget = 1.0\n{extra}\n')
+    r = run_cli("env", "--check", folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {folder / 'track.toml'}: {message}")
+
+
+@pytest.mark.parametrize("content", ['{"status": "interrupted"}', "[1, 2]", b"\xff\xfe{}"])
+def test_malformed_campaign_json_is_one_error_line_for_report_and_resume(tmp_path, content):
+    (tmp_path / "runs").mkdir()
+    path = tmp_path / "campaign.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for args in (("report", tmp_path), ("run", "--resume", tmp_path, "--quiet")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"error: {path}: ")
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())  # left as it was

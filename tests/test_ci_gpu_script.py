@@ -138,3 +138,16 @@ def test_cpu_workflow_runs_make_test_with_nix_installed():
     text = (REPO / ".github" / "workflows" / "cpu.yml").read_text()
     assert "apt-get install -y -qq nix-bin" in text
     assert text.rstrip().endswith("make test")
+
+
+def test_a_failing_nvidia_smi_stops_with_one_line(checkout, tmp_path):
+    # a node whose driver is broken: nvidia-smi exists but fails
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver'\nexit 9\n")
+    smi.chmod(0o755)
+    proc, calls = run_ci(checkout, CI_NPROC="", PATH=f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: nvidia-smi failed: no usable NVIDIA driver on this node"]
+    assert calls == []

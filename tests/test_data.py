@@ -150,3 +150,26 @@ def test_real_proxy_shards_validate():
         pytest.skip("proxy shards not present")
     proxy = found[0]
     assert data.read_header(proxy / data.VAL_SHARD) == 5_000_000
+
+
+def test_manifest_entry_without_tokens_is_one_clear_error(tmp_path):
+    src, dst = make_source(tmp_path / "src", 1), tmp_path / "dst"
+    data.cmd_data("fineweb", 1, dir=str(dst), from_dir=str(src))
+    manifest = json.loads((dst / data.MANIFEST).read_text())
+    del manifest["shards"][0]["tokens"]
+    (dst / data.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(HarnessError, match="a shard entry lacks its file name or token count"):
+        data.cmd_data("fineweb", 1, dir=str(dst), from_dir=str(src))
+
+
+def test_a_failed_copy_is_one_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    src, dst = make_source(tmp_path / "src", 1), tmp_path / "dst"
+
+    def disk_full(a, b):
+        Path(b).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data.shutil, "copyfile", disk_full)
+    with pytest.raises(HarnessError, match="No space left on device"):
+        data.cmd_data("fineweb", 1, dir=str(dst), from_dir=str(src))
+    assert sorted(p.name for p in dst.iterdir()) == []  # no shard, no .partial, no manifest

@@ -217,3 +217,14 @@ def test_shell_scripts_pass_shellcheck():
     scripts = [WRAPPER, REPO / "nix" / "checkout-root.sh", REPO / "scripts" / "ci-gpu.sh"]
     proc = subprocess.run(["shellcheck", "-s", "bash", *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_links_folder_that_cannot_be_made_is_one_error_and_nothing_is_exported(tmp_path):
+    make_driver_folder(tmp_path / "host" / "usr/lib/x86_64-linux-gnu")
+    (tmp_path / "a-file").write_text("not a folder\n")  # mkdir under a file fails for root too
+    proc, env = run_wrapper(tmp_path, SPEEDRUN_DRIVER_LINKS=str(tmp_path / "a-file" / "links"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot create the driver links folder under {tmp_path / 'a-file' / 'links'} "
+        "(set SPEEDRUN_DRIVER_LINKS to a writable folder)"]
+    assert env == {"LD_LIBRARY_PATH": "/previous/path", "TRITON_LIBCUDA_PATH": "<unset>"}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import FIXTURES, REPO, run_cli
 from harness.errors import HarnessError
 from harness.logs import parse_log_file
 from harness.record_block import render_block
@@ -20,8 +19,7 @@ from harness.verify import (C_BLOCK, C_EXCLUDED, C_FINAL, C_LISTS, C_LOGS, C_MON
                             cmd_verify,
                             verify_path)
 
-REPO = Path(__file__).resolve().parent.parent
-FIX = Path(__file__).parent / "fixtures" / "logs"
+FIX = FIXTURES / "logs"
 VEFUSED = FIX / "record_2026-01-30_VeFused"
 MEDIUM = FIX / "record_2025-12-31_medium_BulkSmallTrackTransfer"
 CUT = FIX / "variant_cut_off.txt"
@@ -379,9 +377,7 @@ def test_cmd_verify_prints_tables_and_returns_status(record, capsys):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "harness", "verify", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)
+    return run_cli("verify", *args, timeout=120)
 
 
 def test_cli_exit_codes(record, tmp_path):
@@ -423,3 +419,13 @@ def test_a_run_with_a_diagnostic_switch_cannot_claim(tmp_path):
     r = verify_path(camp)
     assert failing(r) == {C_P, C_SCHEDULE, C_RECIPE}
     assert "run 0: fp8_head=0" in r.check(C_RECIPE).detail
+
+
+@pytest.mark.parametrize("key, value", [("target", "abc"), ("alpha", "x")])
+def test_campaign_json_with_a_non_numeric_target_or_alpha_is_one_error(tmp_path, key, value):
+    root = make_campaign(tmp_path / "c", record_md=False)
+    campaign = json.loads((root / "campaign.json").read_text())
+    campaign["track"][key] = value
+    (root / "campaign.json").write_text(json.dumps(campaign))
+    with pytest.raises(HarnessError, match=f"campaign.json: track {key} must be a number, got '{value}'"):
+        cmd_verify(str(root), None, None)
