@@ -300,7 +300,6 @@ def sliding_window_block_mask(docs: torch.Tensor, window_tokens: torch.Tensor, p
     B, T = docs.shape
     L = 2 * T if paired else T
     assert L % BLOCK == 0, f"sequence length {L} must be a multiple of {BLOCK}"
-    nb = L // BLOCK
     pos = torch.arange(L, device=docs.device)
     tok = pos // 2 if paired else pos
     first_tok = tok[::BLOCK]  # (nb,)
@@ -364,7 +363,7 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, max_len: int):
         super().__init__()
-        self.head_dim, self.max_len = head_dim, max_len
+        self.max_len = max_len
         quarter = head_dim // 4
         freq = (1 / 1024) ** torch.linspace(0, 1, quarter, dtype=torch.float32)
         self.register_buffer("base_freq", torch.cat([freq, freq.new_zeros(quarter)]), persistent=False)
@@ -408,7 +407,7 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, long_window: bool, paired: bool, has_value_embed: bool):
+    def __init__(self, cfg: ModelConfig, long_window: bool, paired: bool):
         super().__init__()
         self.cfg, self.long_window, self.paired = cfg, long_window, paired
         dim, hd = cfg.model_dim, cfg.num_heads * cfg.head_dim
@@ -416,7 +415,6 @@ class Attention(nn.Module):
         self.qkv_w = nn.Parameter(torch.empty(3 * hd, dim, dtype=torch.bfloat16).uniform_(-bound, bound))
         self.qkv_w.muon_parts = 3  # Muon orthogonalizes q, k and v separately
         self.o_w = nn.Parameter(torch.zeros(dim, hd, dtype=torch.bfloat16))
-        self.has_value_embed = has_value_embed
 
     def forward(self, x, ve, ve_lambda, mask: BlockMask, rotary: Rotary):
         B, T, _ = x.shape
@@ -505,7 +503,7 @@ class GPT(nn.Module):
         L = cfg.num_layers
         self.attn = nn.ModuleList([
             None if i in cfg.no_attention_layers else Attention(
-                cfg, i in cfg.long_window_layers, i in cfg.paired_head_layers, i in cfg.value_embed_layers)
+                cfg, i in cfg.long_window_layers, i in cfg.paired_head_layers)
             for i in range(L)])
         self.mlp = nn.ModuleList([MLP(cfg) for _ in range(L)])
         self.rotary_short = Rotary(cfg.head_dim, max_seq_len)
@@ -724,7 +722,6 @@ class Muon:
         """grads: param -> float32 gradient summed over accumulation steps and already averaged over them."""
         updates = {p: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in self.params}
         for shape, members in self.groups.items():
-            n = len(members)
             per_rank = self.buffers[shape].size(0)
             stack = torch.zeros(per_rank * self.world_size, *shape, dtype=torch.float32, device=self.params[0].device)
             for i, (p, index, transposed, _) in enumerate(members):
@@ -940,10 +937,13 @@ def main():
             dist.broadcast(p.data, 0)
     initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     compiled = torch.compile(model, dynamic=False) if on_gpu and hp.compile else model
+    # the stages' windows on the device once: building them in a step would copy host->device with a
+    # synchronize, so the host could not queue the next step while the GPU still runs the last one
+    window_tensors = {st: torch.tensor(st.windows, dtype=torch.int32, device=device) for st in (*STAGES, EXTENSION)}
 
     def train_step(stage: Stage, loader: BosRowLoader, muon: Muon, adam: Adam, lr_mult: float, momentum: float):
         rows = stage.batch_tokens // hp.batch_divisor // hp.total_accumulation // hp.train_seq_len
-        windows = torch.tensor(stage.windows, dtype=torch.int32, device=device)
+        windows = window_tensors[stage]
         grads = {}
         loss_sum = torch.zeros((), device=device)  # weighted MTP loss, to catch any non-finite value
         next_sum = torch.zeros((), device=device)  # next-token loss, comparable to val_loss
@@ -958,8 +958,10 @@ def main():
             next_sum += next_loss.detach()
             for p in model.parameters():  # accumulate in float32 (the Muon weights and their grads are bf16)
                 if p.grad is not None:
-                    g = p.grad.float()
-                    grads[p] = grads[p].add_(g) if p in grads else g
+                    if p in grads:
+                        grads[p].add_(p.grad)  # bf16 into float32: promoted exactly, no float32 copy per micro-step
+                    else:
+                        grads[p] = p.grad.float()
                     p.grad = None
         if hp.grad_stats:
             log(grad_stats_line(model, grads))
@@ -986,7 +988,7 @@ def main():
     def validate(stage: Stage, batches: int | None = None) -> float:
         model.eval()
         loader = BosRowLoader(val_files, hp.val_seq_len, rank, world_size, cycle=False)
-        windows = torch.tensor(stage.windows, dtype=torch.int32, device=device)
+        windows = window_tensors[stage]
         total = torch.zeros((), device=device)
         n = batches or hp.val_tokens // val_chunk
         for _ in range(n):
@@ -1008,7 +1010,7 @@ def main():
         head loss beside a non-finite FP8 one at the FP8 head."""
         loader = BosRowLoader(val_files, hp.val_seq_len, rank, world_size, cycle=False)
         inputs, targets = (t.to(device) for t in loader.next_batch(hp.val_rows))
-        windows = torch.tensor(stage.windows, dtype=torch.int32, device=device)
+        windows = window_tensors[stage]
         fp8 = cfg.use_fp8_head
         results = []
         model.eval()
