@@ -127,12 +127,18 @@ class RunProgress:
     last_step_unix: float | None = None  # a run that never finishes: its window ends at its last step line
     nonfinite: str | None = None
     log_offsets: dict = field(default_factory=dict)  # log file -> bytes already read by _follow_log
+    # a script that prints its step lines and also writes them to its log is read from both: the first sighting
+    # of a line gives its time (the second comes up to a log poll later and would stretch the timed window)
+    seen_step_lines: set = field(default_factory=set)
 
     def feed(self, line: str) -> None:
         self.last_output = time.time()
         m = _STEP_RE.search(line)
         if not m or not line.lstrip().startswith("step:"):
             return
+        if line.strip() in self.seen_step_lines:
+            return
+        self.seen_step_lines.add(line.strip())
         step, total = int(m.group(1)), int(m.group(2))
         self.step, self.total = step, total
         if self.first_step_unix is None:

@@ -116,9 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    from harness.campaign import parse_env_pairs
+def _env_pairs(pairs):
+    from harness.campaign import parse_env_pairs  # imported by the commands that run campaigns only
 
+    return parse_env_pairs(pairs)
+
+
+def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from harness.run_command import cmd_run
 
@@ -152,12 +156,12 @@ def dispatch(args: argparse.Namespace) -> int:
         from harness.compare import cmd_compare
 
         return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
-                           max_runs=args.max_runs, out=args.out, env=parse_env_pairs(args.env), nproc=args.nproc,
+                           max_runs=args.max_runs, out=args.out, env=_env_pairs(args.env), nproc=args.nproc,
                            telemetry=not args.no_telemetry, quiet=args.quiet)
     if args.command == "scaling":
         from harness.scaling import cmd_scaling
 
-        return cmd_scaling(args.track, args.gpus, runs=args.runs, out=args.out, env=parse_env_pairs(args.env),
+        return cmd_scaling(args.track, args.gpus, runs=args.runs, out=args.out, env=_env_pairs(args.env),
                            script=args.script, data_path=args.data_path, telemetry=not args.no_telemetry,
                            quiet=args.quiet)
     if args.command == "plan":

@@ -245,3 +245,17 @@ def test_malformed_campaign_json_is_one_error_line_for_report_and_resume(tmp_pat
         (line,) = r.stderr.strip().splitlines()
         assert line.startswith(f"error: {path}: ")
     assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())  # left as it was
+
+
+def test_a_step_line_read_from_stdout_and_from_the_log_counts_once():
+    from harness.campaign import RunProgress
+
+    progress = RunProgress()
+    line = "step:5/5 val_loss:1.2345 train_time:100ms step_avg:20.00ms"
+    progress.feed(line + "\n")  # from the run's stdout
+    first = (progress.first_step_unix, progress.last_step_unix, progress.final_step_unix)
+    time.sleep(0.02)
+    progress.feed(line)  # the same line, later, from the log the script also writes
+    assert (progress.first_step_unix, progress.last_step_unix, progress.final_step_unix) == first
+    progress.feed("step:5/5 val_loss:1.2345 train_time:101ms step_avg:20.20ms")  # a different line still counts
+    assert progress.last_step_unix > first[1]
