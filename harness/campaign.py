@@ -423,7 +423,7 @@ def check_arm_data(arm: Arm) -> None:
                            f"--shards N' (or pass --data-path DIR)")
 
 
-CAMPAIGN_KEYS = ("id", "track", "arms", "schedule", "seeds")  # what every reader of campaign.json relies on
+CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of campaign.json relies on
 
 
 def load_campaign(campaign_dir: str | Path) -> dict:

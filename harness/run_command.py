@@ -74,7 +74,7 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
     with _clock_lock(lock_clocks, arms[0]):
         campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
                                     telemetry=telemetry and campaign.get("telemetry", True), resume=True,
-                                    seeds=campaign["seeds"], quiet=quiet)
+                                    seeds=campaign.get("seeds"), quiet=quiet)
     return finish_campaign(campaign_dir)
 
 
