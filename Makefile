@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SPEEDRUN := $(PY) -m harness
-# torch==2.13.0: a CPU build on the project's dev machines (a local wheel), the CUDA build from PyPI elsewhere.
+# On a GPU node (nvidia-smi works) setup installs the torch and Triton the short track pins in its track.toml
+# (torch 2.11.0+cu130 from PyTorch's cu130 index, triton 3.6.0 from PyPI): only those are record-grade.
+# Elsewhere torch==2.13.0 (a CPU build on the project's dev machines, a local wheel). TORCH_SPEC=... on the
+# command line overrides both.
 TORCH_SPEC ?= torch==2.13.0
+PINS_TOML := tracks/short/track.toml
+TORCH_PIN := $(shell sed -n 's/^torch *= *"\([^"]*\)".*/\1/p' $(PINS_TOML))
+TRITON_PIN := $(shell sed -n 's/^triton *= *"\([^"]*\)".*/\1/p' $(PINS_TOML))
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(lastword $(subst +, ,$(TORCH_PIN)))
 RUNS ?= 8
 SHARDS ?= 9
 ARGS ?=
@@ -15,7 +22,19 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+ifeq ($(origin TORCH_SPEC),file)
+	@if nvidia-smi >/dev/null 2>&1; then \
+	  echo "setup: GPU node: torch==$(TORCH_PIN) from $(TORCH_INDEX) and triton==$(TRITON_PIN) ($(PINS_TOML) [pins])"; \
+	  $(PY) -m pip install -q "torch==$(TORCH_PIN)" --index-url "$(TORCH_INDEX)" \
+	    || { echo "error: cannot install torch==$(TORCH_PIN) from $(TORCH_INDEX) (pip's reason above; no network, or no wheel for $$($(PY) -c 'import platform; print("Python", platform.python_version(), platform.machine())')): this node cannot be record-grade; TORCH_SPEC=... make setup installs another torch" >&2; exit 1; }; \
+	  $(PY) -m pip install -q "triton==$(TRITON_PIN)" \
+	    || { echo "error: cannot install triton==$(TRITON_PIN) (pip's reason above): this node cannot be record-grade" >&2; exit 1; }; \
+	else \
+	  $(PY) -m pip install -q "$(TORCH_SPEC)"; \
+	fi
+else
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+endif
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -138,7 +138,7 @@
       checks.${system} = {
         # The environment imports everything the harness and the tracks use.
         python-env = pkgs.runCommand "speedrun-python-env-check" { } ''
-          ${pythonEnv}/bin/python -c "import harness, torch, triton, scipy, rich, pynvml, pytest_benchmark"
+          ${pythonEnv}/bin/python -c "import harness, torch, triton, scipy, rich, pynvml, huggingface_hub, pytest_benchmark"
           mkdir -p $out
         '';
         # The driver wrapper's tests, against fake driver folders (no GPU needed).

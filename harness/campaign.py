@@ -33,6 +33,7 @@ from harness import telemetry
 from harness.env import campaign_env
 from harness.errors import HarnessError
 from harness.fsio import read_json, sha256_file, write_json_atomic
+from harness.preflight import check_arms
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 
 FORMAT_VERSION = 1
@@ -167,17 +168,16 @@ def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[s
     if env.get("CUDA_VISIBLE_DEVICES"):
         # NVML numbers GPUs by PCI bus; make CUDA agree so the sampler watches the GPUs the run uses.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    if arm.track.data and "DATA_PATH" not in env:
-        default = arm.track.data.get("default_path")
-        if default:
-            env["DATA_PATH"] = str((REPO_ROOT / default).resolve())
+    # The competition's layout: DATA_PATH is the folder holding data/fineweb10B/ (--data-path, else the repo
+    # root, where `speedrun data` writes); runs start in their own folders, so the scripts' default `.` is wrong.
+    env.setdefault("DATA_PATH", str(REPO_ROOT))
     return env
 
 
 def launch_command(arm: Arm) -> list[str]:
-    if arm.nproc == 1:
-        return [sys.executable, str(arm.script)]
-    # `python -m torch.distributed.run` is torchrun, taken from the same interpreter as the harness.
+    """torchrun for every run, one process included: the competition's scripts read RANK, WORLD_SIZE and
+    LOCAL_RANK and open a process group unconditionally (their run.sh is torchrun even on one GPU).
+    `python -m torch.distributed.run` is torchrun, taken from the same interpreter as the harness."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={arm.nproc}",
             str(arm.script)]
 
@@ -312,7 +312,7 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
     parsed = parse_log(text)
     if status == "ok":
         if returncode != 0:
-            status, reason = "failed", f"exited with code {returncode}: {_last_line(run_dir / 'output.txt')}"
+            status, reason = "failed", f"exited with code {returncode}: {_failure_line(run_dir / 'output.txt')}"
         elif not parsed.reached_final:
             status, reason = "failed", (f"never printed its final val_loss line (last step seen "
                                         f"{parsed.steps[-1].step if parsed.steps else 'none'}"
@@ -354,12 +354,49 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
     }
 
 
-def _last_line(path: Path) -> str:
+def _failure_line(path: Path) -> str:
     try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return lines[-1][:200] if lines else "(no output)"
+    return failure_reason(text)
+
+
+_RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
+_TORCH_LOG_LINE = re.compile(r"^\[?[IWEF]\d{4} \d\d:\d\d:\d\d")  # glog/c10 lines: torchrun's, NCCL's, ...
+_BANNER_LINE = re.compile(r"^[=*\-]{3,}$")
+_ERROR_LINE = re.compile(r"^(?:(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?|error:.*)$")
+_ROOT_CAUSE_SIGNAL = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*-\d+.*?\((SIG\w+)\)", re.S)
+
+
+def failure_reason(output: str) -> str:
+    """A failed run's reason from its output: the script's own last error line (the `SomeError: ...` line
+    of its traceback, an `error: ...` line, else its last line), never torchrun's failure report or banners.
+    The `[rankN]:` prefix torchrun adds to a rank's lines is removed."""
+    lines = output.splitlines()
+    if lines and lines[0].startswith("# harness:"):
+        lines = lines[1:]
+    # torchrun's report starts with its "failed (exitcode: ...)" log line, or its own traceback that
+    # ends in ChildFailedError: nothing from there on is the script's.
+    cut = next((i for i, ln in enumerate(lines) if _TORCH_LOG_LINE.match(ln) and "failed (exitcode" in ln), None)
+    if cut is None:
+        failed = next((i for i, ln in enumerate(lines) if "ChildFailedError" in ln), None)
+        if failed is not None:
+            tracebacks = [i for i in range(failed) if lines[i].startswith("Traceback (most recent call last)")]
+            cut = tracebacks[-1] if tracebacks else failed
+    report, lines = "\n".join(lines[cut:]) if cut is not None else "", lines[:cut]
+    own = []
+    for ln in lines:
+        ln = _RANK_PREFIX.sub("", ln).strip()
+        if ln and not _TORCH_LOG_LINE.match(ln) and not _BANNER_LINE.match(ln) \
+                and not ln.startswith("Setting OMP_NUM_THREADS environment variable"):
+            own.append(ln)
+    errors = [ln for ln in own if _ERROR_LINE.match(ln)]
+    line = (errors or own or ["(no output)"])[-1][:200]
+    killed = _ROOT_CAUSE_SIGNAL.search(report)
+    if killed and not errors:  # a rank killed by a signal (the OOM killer, a kill -9) prints no error itself
+        return f"rank {killed.group(1)} was killed by {killed.group(2)}; its last line: {line}"
+    return line
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -409,18 +446,9 @@ def load_runs(campaign_dir: str | Path) -> list[dict]:
     return out
 
 
-def check_arm_data(arm: Arm) -> None:
-    """A track that reads shards must find them before the campaign starts, not after N crashed runs."""
-    if not arm.track.data:
-        return
-    data_path = run_environment(arm, 0, 0, "check").get("DATA_PATH")
-    if not data_path:
-        return
-    path = Path(data_path)
-    missing = [pat for pat in ("fineweb_val_*.bin", "fineweb_train_*.bin") if not list(path.glob(pat))]
-    if missing:
-        raise HarnessError(f"data folder {path} has no {' or '.join(missing)}: run 'speedrun data fineweb "
-                           f"--shards N' (or pass --data-path DIR)")
+def preflight(arms: list[Arm]) -> None:
+    """Before anything is launched: GPUs, CUDA and data, with the environment each arm's runs get."""
+    check_arms(arms, [run_environment(a, 0, 0, "preflight") for a in arms])
 
 
 CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of campaign.json relies on
@@ -455,8 +483,7 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
     if unknown:
         raise HarnessError(f"schedule names unknown arms: {', '.join(unknown)}")
     seeds = seeds if seeds is not None else list(range(len(schedule)))
-    for arm in arms:  # every command that runs a campaign (run, resume, compare, scaling) checks here
-        check_arm_data(arm)
+    preflight(arms)  # every command that runs a campaign (run, resume, compare, scaling) checks here
     campaign_path = out_dir / "campaign.json"
     if resume:
         campaign = read_json(campaign_path)

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="campaign folder (default results/<track>/<timestamp>)")
     r.add_argument("--resume", metavar="CAMPAIGN", help="finish an interrupted campaign without redoing finished runs")
     r.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra environment for every run (repeatable)")
-    r.add_argument("--data-path", help="folder of data shards, passed to runs as DATA_PATH")
+    r.add_argument("--data-path", metavar="ROOT", help="folder holding data/fineweb10B/ (the competition's DATA_PATH; default: the repo root)")
     r.add_argument("--seed-base", type=int, default=0, help="run k gets SPEEDRUN_SEED=seed_base+k")
     r.add_argument("--no-telemetry", action="store_true", help="do not sample GPU telemetry")
     r.add_argument("--lock-clocks", nargs="?", const=0, type=int, metavar="MHZ",
@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="download or adopt data shards, with a sha256 manifest")
     d.add_argument("dataset", choices=["fineweb"])
-    d.add_argument("--shards", type=_positive_int, default=9, help="train shards (default 9, the short track)")
-    d.add_argument("--dir", help="destination folder (default data/fineweb10B)")
+    d.add_argument("--shards", type=_positive_int, help="train shards (default: the track's [data] train_shards)")
+    d.add_argument("--track", default="short", help="whose [data] train_shards is the default (default short)")
+    d.add_argument("--data-path", metavar="ROOT", help="write to ROOT/data/fineweb10B (default: the repo root, "
+                                                       "where runs look without --data-path)")
     d.add_argument("--from", dest="from_dir", metavar="DIR", help="adopt shards already in DIR instead of downloading")
 
     c = sub.add_parser("compare", help="baseline vs candidate on this node, interleaved A B B A ...")
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nproc", type=_positive_int)
     c.add_argument("--out")
     c.add_argument("--env", action="append", metavar="KEY=VALUE")
+    c.add_argument("--data-path", metavar="ROOT", help="folder holding data/fineweb10B/ (the competition's DATA_PATH; default: the repo root)")
     c.add_argument("--no-telemetry", action="store_true")
     c.add_argument("--quiet", action="store_true", help="no live progress display")
 
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--script", help="run this script instead of the track's frozen one")
     sc.add_argument("--out", help="campaign folder (default results/<track>/<timestamp>)")
     sc.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra environment for every run")
-    sc.add_argument("--data-path", help="folder of data shards, passed to runs as DATA_PATH")
+    sc.add_argument("--data-path", metavar="ROOT", help="folder holding data/fineweb10B/ (the competition's DATA_PATH; default: the repo root)")
     sc.add_argument("--no-telemetry", action="store_true")
     sc.add_argument("--quiet", action="store_true", help="no live progress display")
 
@@ -151,13 +154,14 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         from harness.data import cmd_data
 
-        return cmd_data(args.dataset, shards=args.shards, dir=args.dir, from_dir=args.from_dir)
+        return cmd_data(args.dataset, shards=args.shards, data_path=args.data_path, from_dir=args.from_dir,
+                        track=args.track)
     if args.command == "compare":
         from harness.compare import cmd_compare
 
         return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
                            max_runs=args.max_runs, out=args.out, env=_env_pairs(args.env), nproc=args.nproc,
-                           telemetry=not args.no_telemetry, quiet=args.quiet)
+                           data_path=args.data_path, telemetry=not args.no_telemetry, quiet=args.quiet)
     if args.command == "scaling":
         from harness.scaling import cmd_scaling
 

@@ -276,14 +276,17 @@ def build_arms(baseline: str, candidate: str, nproc: int | None, env: dict[str, 
 
 def cmd_compare(baseline: str, candidate: str, runs: int, until_significant: bool = False,
                 max_runs: int | None = None, out: str | None = None, env: dict | None = None,
-                nproc: int | None = None, telemetry: bool = True, quiet: bool = False) -> int:
-    """Run both arms interleaved; print and write the comparison. Exit 0, or 3 if some runs failed."""
+                nproc: int | None = None, data_path: str | None = None, telemetry: bool = True,
+                quiet: bool = False) -> int:
+    """Run both arms interleaved; print and write the comparison. The verdict (and exit 4 when it fails) is
+    the candidate's loss claim against the target; the time gain is reported, not judged. Exit 3 if some
+    runs failed."""
     from harness.campaign import new_campaign_dir, run_campaign
-    from harness.run_command import finish_campaign
+    from harness.run_command import finish_campaign, with_data_path
 
     if max_runs is not None and not until_significant:
         raise HarnessError("--max-runs goes with --until-significant")
-    base, cand = build_arms(baseline, candidate, nproc, dict(env or {}))
+    base, cand = build_arms(baseline, candidate, nproc, with_data_path(dict(env or {}), data_path))
     stop_rule, extra = None, {"compare": {"baseline": baseline, "candidate": candidate, "order": "ABBA"}}
     per_arm = runs
     if until_significant:

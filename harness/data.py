@@ -1,4 +1,10 @@
-"""`speedrun data fineweb --shards N [--dir D] [--from DIR]`: get FineWeb-10B GPT-2 token shards, with a manifest.
+"""`speedrun data fineweb [--shards N] [--track T] [--data-path ROOT] [--from DIR]`: get FineWeb-10B GPT-2 token
+shards, with a manifest.
+
+The competition's layout: shards live in `ROOT/data/fineweb10B/`, and runs get DATA_PATH=ROOT (the folder that
+holds `data/`; scripts read `$DATA_PATH/data/fineweb10B/fineweb_{train,val}_*.bin`). ROOT defaults to the
+repository root, which is also where campaigns look without --data-path. --shards defaults to the track's
+`[data] train_shards` (short: 9).
 
 Shards come from the Hugging Face dataset `kjj0/fineweb10B-gpt2` (the competition's source): the validation
 shard `fineweb_val_000000.bin` and the train shards `fineweb_train_%06d.bin` for 1..N. Every shard's header is
@@ -25,10 +31,16 @@ MAGIC = 20240520
 VERSION = 1
 HEADER_BYTES = 256 * 4
 MAX_TRAIN_SHARDS = 103
-DEFAULT_DIR = REPO_ROOT / "data" / "fineweb10B"
+DEFAULT_ROOT = REPO_ROOT  # DATA_PATH of runs without --data-path
+DEFAULT_TRACK = "short"
 MANIFEST = "manifest.json"
 
 VAL_SHARD = "fineweb_val_000000.bin"
+
+
+def shard_folder(root: str | Path) -> Path:
+    """Where the shards of DATA_PATH=root are: root/data/fineweb10B, as the competition's scripts read them."""
+    return Path(root) / "data" / "fineweb10B"
 
 
 def train_shard(i: int) -> str:
@@ -164,10 +176,16 @@ def adopt_from(src: Path) -> Callable[[str, Path], Path]:
     return fetch
 
 
-def cmd_data(dataset: str, shards: int, dir: str | None = None, from_dir: str | None = None) -> int:
+def cmd_data(dataset: str, shards: int | None = None, data_path: str | None = None, from_dir: str | None = None,
+             track: str = DEFAULT_TRACK) -> int:
     if dataset != "fineweb":
         raise HarnessError(f"unknown dataset {dataset!r} (known: fineweb)")
-    folder = Path(dir) if dir else DEFAULT_DIR
+    if shards is None:
+        from harness.tracks import load_track
+
+        shards = int(load_track(track).data.get("train_shards", 1))
+    root = Path(data_path) if data_path else DEFAULT_ROOT
+    folder = shard_folder(root)
     names = wanted_shards(shards)
     if from_dir is not None:
         src = Path(from_dir)
@@ -185,5 +203,5 @@ def cmd_data(dataset: str, shards: int, dir: str | None = None, from_dir: str | 
     manifest = ensure_shards(folder, names, fetch, source)
     print(f"data: {folder} holds {len(manifest['shards'])} shard(s), "
           f"{manifest['tokens']['train']:,} train and {manifest['tokens']['val']:,} val tokens; "
-          f"pass DATA_PATH={folder} (or --data-path) to runs")
+          f"runs find them {'by default' if data_path is None else f'with --data-path {root}'}")
     return 0

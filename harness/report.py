@@ -25,9 +25,49 @@ def arm_series(runs: list[dict], arm: str | None = None) -> tuple[list[float], l
 
 
 def claim_arm(campaign: dict) -> str:
-    """The arm whose numbers are the claim: the candidate in a comparison, the only arm otherwise."""
+    """The arm whose numbers are the claim: the candidate in a comparison, the largest GPU count in a scaling
+    campaign (the configuration a record would run), the only arm otherwise."""
     arms = list(campaign["arms"])
-    return "candidate" if "candidate" in arms else arms[0]
+    if "candidate" in arms:
+        return "candidate"
+    if campaign.get("kind") == "scaling":
+        return max(arms, key=lambda a: int(campaign["arms"][a]["nproc"]))
+    return arms[0]
+
+
+def verdict(campaign: dict, runs: list[dict]) -> tuple[bool, str]:
+    """(passed, the one line): PASS or FAIL of the claim arm's mean final loss against the target at alpha,
+    and why. The fixed-N t-test of the record block (on the numbers as the block prints them); after
+    --until-significant the sequential test's anytime-valid p, the only one valid after looking every run."""
+    from harness.record_block import block_numbers
+    from harness.sequential import LOSS_PRIOR, anytime_p_value
+
+    track = campaign["track"]
+    target, alpha = float(track["target"]), float(track["alpha"])
+    arm = claim_arm(campaign)
+    who = {"compare": "the candidate's claim", "scaling": f"the claim of {arm}"}.get(campaign.get("kind"), "")
+    losses, times = arm_series(runs, arm)
+    n = len(losses)
+    failed = sum(1 for r in runs if r.get("arm") == arm and r.get("status") == "failed")
+    notes = [who] if who else []
+    if failed:
+        notes.append(f"{failed} failed run(s) not counted")
+    tail = f"; {', '.join(notes)}" if notes else ""
+    if n == 0:
+        return False, f"FAIL: no finished run to test against the target {target!r}{tail}"
+    mean = sum(losses) / n
+    about = f"mean {mean:.4f} over {n} run{'s' if n != 1 else ''}, target {target!r}{tail}"
+    if campaign.get("until_significant"):
+        p, test = anytime_p_value(losses, target, LOSS_PRIOR), "anytime-valid p"
+    else:
+        p, test = block_numbers(losses, times, target).p, "p"
+    if p != p:  # nan: one run has no spread, so no t-test
+        return False, f"FAIL: {n} run gives no p-value, the t-test needs at least 2 ({about})"
+    # the record rule is p < alpha; the sequential test stops with success at E >= 1/alpha, i.e. p <= alpha
+    passed = p <= alpha if campaign.get("until_significant") else p < alpha
+    if passed:
+        return True, f"PASS: {test}={p:.4f} {'<=' if p == alpha else '<'} alpha {alpha:g} ({about})"
+    return False, f"FAIL: {test}={p:.4f} {'>' if campaign.get('until_significant') else '>='} alpha {alpha:g} ({about})"
 
 
 def _fence(text: str) -> str:
@@ -46,6 +86,7 @@ def record_markdown(campaign_dir: str | Path) -> str:
     lines = [
         f"# {track['name']} campaign {campaign['id']}",
         "",
+        f"- verdict: {verdict(campaign, runs)[1]}",
         f"- status: **{campaign.get('status', '?')}**"
         + (f" ({campaign['stop_reason']})" if campaign.get("stop_reason") else ""),
         f"- runs: {len(ok_runs(runs))} ok, {len(failed)} failed, {n_sched} scheduled",

@@ -10,11 +10,12 @@ from harness.campaign import (Arm, gpu_indices, load_campaign, load_runs, make_a
                               parse_env_pairs, run_campaign, run_environment)
 from harness.fsio import sha256_file
 from harness.errors import HarnessError
-from harness.report import print_summary
+from harness.report import print_summary, verdict
 
 DEFAULT_RUNS = 5
 DEFAULT_MAX_RUNS = 20
 EXIT_SOME_RUNS_FAILED = 3
+EXIT_CLAIM_FAILED = 4  # every run finished, but the verdict is FAIL
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -79,14 +80,20 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
 
 
 def finish_campaign(campaign_dir: Path) -> int:
-    """Print the campaign's summary; the exit status of every campaign command: 0, or 3 if some runs failed."""
+    """Print the campaign's summary and, last, its verdict line; the exit status of every campaign command:
+    3 if some runs failed, else 4 if the verdict is FAIL, else 0."""
     print_summary(campaign_dir)
     runs = load_runs(campaign_dir)
-    return EXIT_SOME_RUNS_FAILED if any(r.get("status") != "ok" for r in runs) else 0
+    passed, line = verdict(load_campaign(campaign_dir), runs)
+    print(line, flush=True)
+    if any(r.get("status") != "ok" for r in runs):
+        return EXIT_SOME_RUNS_FAILED
+    return 0 if passed else EXIT_CLAIM_FAILED
 
 
 def with_data_path(env: dict[str, str], data_path: str | None) -> dict[str, str]:
-    """env with DATA_PATH set to the absolute --data-path (runs start in their own folders)."""
+    """env with DATA_PATH set to the absolute --data-path ROOT, the folder holding data/fineweb10B/ (runs
+    start in their own folders)."""
     if data_path:
         data = Path(data_path)
         if not data.is_dir():

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.preflight import visible_gpu_count
 
 ARM_PREFIX = "gpus"
 _STAGE_RE = re.compile(r"^stage:(\S+) .*?steady_step_ms:([0-9.]+)")
@@ -157,19 +158,11 @@ def scaling_markdown(campaign_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def visible_gpu_count() -> int:
-    """GPUs this process may use (CUDA_VISIBLE_DEVICES applies); 0 without CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: dict | None = None,
                 script: str | None = None, data_path: str | None = None, telemetry: bool = True,
                 quiet: bool = False, gpu_count=visible_gpu_count) -> int:
-    """Run the scaling campaign; print the scaling table. Exit 0, or 3 if some runs failed."""
+    """Run the scaling campaign; print the scaling table. Exit 3 if some runs failed, 4 if the largest count's
+    loss claim fails (the verdict), else 0."""
     from harness.campaign import make_arm, new_campaign_dir, run_campaign
     from harness.run_command import finish_campaign, with_data_path
     from harness.tracks import load_track
@@ -177,7 +170,8 @@ def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: d
     counts = parse_gpu_counts(gpus)
     env = with_data_path(dict(env or {}), data_path)
     track_def = load_track(track)
-    if track_def.uses_gpu and counts[-1] > (have := gpu_count()):
+    # no GPU at all (or the CPU smoke mode): the pre-flight says so, naming the smoke mode
+    if track_def.uses_gpu and not track_def.is_smoke(env) and 0 < (have := gpu_count()) < counts[-1]:
         raise HarnessError(f"--gpus asks for up to {counts[-1]} GPUs; this node shows {have}")
     arms = [make_arm(script or str(track_def.script), name=arm_name(k), default_track=track_def, nproc=k, env=env)
             for k in counts]

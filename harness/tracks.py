@@ -34,8 +34,25 @@ class Track:
     env: dict[str, str] = field(default_factory=dict)  # environment every run gets
     pins: dict[str, str] = field(default_factory=dict)  # record environment: driver, cuda, torch, triton, gpu
     reference: dict = field(default_factory=dict)  # competition repo, revision, file hashes
-    data: dict = field(default_factory=dict)  # data needs: shards, default path
+    data: dict = field(default_factory=dict)  # data needs: dataset, train_shards, shortened_by, ...
     uses_gpu: bool = True
+    smoke_env: dict[str, str] = field(default_factory=dict)  # [smoke] env: the --env of the quick CPU mode
+
+    def train_shards_needed(self, env: dict[str, str]) -> int:
+        """Train shards a run with this environment reads: `[data] train_shards` for the full schedule;
+        `[data] shortened_train_shards` when env sets a variable of `[data] shortened_by` (a shortened
+        schedule, the smoke mode included); at least 1."""
+        if any(var in env for var in self.data.get("shortened_by", [])):
+            return int(self.data.get("shortened_train_shards", 1))
+        return int(self.data.get("train_shards", 1))
+
+    def is_smoke(self, env: dict[str, str]) -> bool:
+        """Whether env runs the track's CPU smoke mode: it sets every variable of `[smoke] env`."""
+        return bool(self.smoke_env) and all(var in env for var in self.smoke_env)
+
+    def smoke_flags(self) -> str:
+        """The smoke mode as command-line flags: `--nproc 1 --env A=1 --env B=2`."""
+        return " ".join(["--nproc 1"] + [f"--env {k}={v}" for k, v in self.smoke_env.items()])
 
     def frozen_mismatches(self) -> list[str]:
         """Frozen files whose sha256 differs from track.toml (or that are missing)."""
@@ -65,6 +82,7 @@ class Track:
             "reference": self.reference,
             "data": self.data,
             "uses_gpu": self.uses_gpu,
+            "smoke": {"env": self.smoke_env},
         }
 
 
@@ -130,6 +148,17 @@ def track_from_dict(raw: dict, folder: Path, source: str = "track.toml") -> Trac
         raise HarnessError(f"{source}: target must be finite")
     if timeout_s <= 0 or hang_timeout_s <= 0:
         raise HarnessError(f"{source}: timeouts must be positive")
+    data = dict(table("data"))
+    for key in ("train_shards", "shortened_train_shards"):
+        if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1):
+            raise HarnessError(f"{source}: [data] {key} must be a whole number >= 1, got {data[key]!r}")
+    shortened_by = data.get("shortened_by", [])
+    if not isinstance(shortened_by, list) or not all(isinstance(v, str) for v in shortened_by):
+        raise HarnessError(f"{source}: [data] shortened_by must be a list of variable names, got {shortened_by!r}")
+    smoke = table("smoke")
+    smoke_env = smoke.get("env", {})
+    if not isinstance(smoke_env, dict):
+        raise HarnessError(f"{source}: [smoke] env must be a table of VARIABLE = \"value\", got {smoke_env!r}")
     return Track(
         name=name,
         folder=folder,
@@ -145,6 +174,7 @@ def track_from_dict(raw: dict, folder: Path, source: str = "track.toml") -> Trac
         env={k: str(v) for k, v in table("env").items()},
         pins=pins,
         reference=dict(table("reference")),
-        data=dict(table("data")),
+        data=data,
         uses_gpu=bool(raw.get("uses_gpu", True)),
+        smoke_env={k: str(v) for k, v in smoke_env.items()},
     )

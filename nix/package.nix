@@ -14,7 +14,7 @@ let
     pyproject = true;
     build-system = [ ps.setuptools ];
     # pyproject.toml's [project] dependencies
-    dependencies = [ ps.torch ps.scipy ps.rich ps.nvidia-ml-py ps.matplotlib ];
+    dependencies = [ ps.torch ps.scipy ps.rich ps.nvidia-ml-py ps.matplotlib ps.huggingface-hub ];
     pythonImportsCheck = [ "harness" ];
     # the test suite runs from the checkout (make test / flake check `driver-wrapper`), not at build time
     doCheck = false;
@@ -33,6 +33,7 @@ in
     p.rich
     p.nvidia-ml-py
     p.matplotlib
+    p.huggingface-hub
     p.pytest
     p.pytest-benchmark
   ]);

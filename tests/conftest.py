@@ -26,6 +26,29 @@ def run_cli(*args, env=None, timeout=300, cwd=None):
                           env=full_env, timeout=timeout, cwd=cwd or REPO)
 
 
+def write_shard(path: Path, n_tokens: int, magic=20240520, version=1, count=None, seed=0):
+    """A FineWeb-format token shard: 256 x int32 header [magic, version, count], then uint16 tokens (BOS first)."""
+    import numpy as np
+
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = [magic, version, n_tokens if count is None else count]
+    tokens = np.random.default_rng(seed).integers(0, 50257, n_tokens).astype("<u2")
+    tokens[0] = 50256
+    path.write_bytes(header.tobytes() + tokens.tobytes())
+    return path
+
+
+def make_source(folder: Path, n_train: int) -> Path:
+    """folder with fineweb_val_000000.bin and n_train fineweb_train_*.bin shards."""
+    from harness import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_shard(folder / data.VAL_SHARD, 500, seed=99)
+    for i in range(1, n_train + 1):
+        write_shard(folder / data.train_shard(i), 1000 + i, seed=i)
+    return folder
+
+
 def load_module(name: str, path):
     """Import a track file by path, once per test session (tracks are scripts, not packages).
 

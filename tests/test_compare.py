@@ -206,7 +206,7 @@ def test_compare_end_to_end_known_slowdown(tmp_path, capsys):
     out = tmp_path / "cmp"
     rc = cmd_compare(str(TINY_SLOW), str(_tiny_track(tmp_path)), runs=3, out=str(out), env=env,
                      telemetry=False, quiet=True)
-    assert rc == 0
+    assert rc == 4  # every run ok, but the verdict (the candidate's loss claim) fails: 1-step runs miss 3.5
     from harness.campaign import load_runs
 
     runs = load_runs(out)

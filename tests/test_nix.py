@@ -250,7 +250,8 @@ def test_nixpkgs_is_imported_with_cuda_and_unfree(flake, nix_env):
 
 def test_python_environment_has_the_project_and_its_tools(flake, nix_env):
     packages = nix_eval_json(flake, f"packages.{SYSTEM}.default.packages", nix_env)
-    for name in ["speedrun-harness", "torch", "triton", "scipy", "rich", "nvidia-ml-py", "pytest-benchmark"]:
+    for name in ["speedrun-harness", "torch", "triton", "scipy", "rich", "nvidia-ml-py", "huggingface-hub",
+                 "pytest-benchmark"]:
         assert name in packages
     deps = nix_eval_json(flake, f"packages.{SYSTEM}.harness.dependencies", nix_env,
                          apply="map (d: d.pname)")

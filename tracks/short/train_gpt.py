@@ -9,7 +9,8 @@ bf16 weights with a float32 mantissa buffer, own Triton kernel for X X^T) and Ad
 
 Launch:  python train_gpt.py                                   (one GPU, 8 accumulation steps)
          torchrun --standalone --nproc_per_node=8 train_gpt.py  (the record setting)
-Environment: DATA_PATH (folder with fineweb_train_*.bin, fineweb_val_*.bin), SPEEDRUN_SEED, and for smoke runs
+Environment: DATA_PATH (the folder holding data/fineweb10B/fineweb_{train,val}_*.bin, default the current
+folder: the competition's layout), SPEEDRUN_SEED, and for smoke runs
 SPEEDRUN_NUM_ITERATIONS, SPEEDRUN_EXTENSION_ITERATIONS, SPEEDRUN_VAL_TOKENS, SPEEDRUN_VAL_EVERY. Diagnostic
 switches (not the recipe; the log says when one is on): SPEEDRUN_WARMUP=0 (compile lazily inside training, so
 train_time includes compile), SPEEDRUN_COMPILE=0 (eager model: unfused FlexAttention, slow), SPEEDRUN_FP8_HEAD=0
@@ -66,7 +67,7 @@ BLOCK = 128  # FlexAttention block size; windows are counted in these blocks
 
 @dataclass
 class Hyperparameters:
-    data_path: str = "data/fineweb10B"
+    data_path: str = "."  # DATA_PATH: the folder that holds data/fineweb10B/ (the competition's layout)
     seed: int = 0
     num_iterations: int = 1535  # scheduled steps; every schedule below is a fraction of these
     extension_iterations: int = 40  # extra steps at the final learning rate with the extended long window
@@ -272,10 +273,16 @@ class BosRowLoader:
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-def find_shards(data_path: str, split: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(data_path, f"fineweb_{split}_*.bin")))
+def shard_folder(data_path: str) -> str:
+    """Where the shards are: $DATA_PATH/data/fineweb10B, as in the competition's scripts."""
+    return os.path.join(data_path, "data", "fineweb10B")
+
+
+def find_shards(folder: str, split: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(folder, f"fineweb_{split}_*.bin")))
     if not files:
-        raise FileNotFoundError(f"no fineweb_{split}_*.bin shards in {data_path!r} (set DATA_PATH)")
+        raise FileNotFoundError(f"no fineweb_{split}_*.bin shards in {folder!r} (set DATA_PATH to the folder "
+                                f"that holds data/fineweb10B/)")
     return files
 
 
@@ -895,7 +902,9 @@ def main():
     grad_accum = hp.total_accumulation // world_size
     on_gpu = torch.cuda.is_available()
     if not on_gpu and not hp.tiny:
-        raise SystemExit("the short track needs CUDA (SPEEDRUN_TINY=1 runs a small smoke version on CPU)")
+        raise SystemExit("the short track needs CUDA; its CPU smoke mode (track.toml [smoke]): SPEEDRUN_TINY=1 "
+                         "SPEEDRUN_NUM_ITERATIONS=4 SPEEDRUN_EXTENSION_ITERATIONS=1 SPEEDRUN_VAL_EVERY=4 "
+                         "SPEEDRUN_VAL_TOKENS=2048 OMP_NUM_THREADS=1")
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     if on_gpu:
         torch.cuda.set_device(device)
@@ -918,9 +927,9 @@ def main():
     val_chunk = world_size * hp.val_rows * hp.val_seq_len
     if hp.val_tokens % val_chunk:
         raise SystemExit(f"SPEEDRUN_VAL_TOKENS={hp.val_tokens} must be a multiple of {val_chunk}")
-    train_files = find_shards(hp.data_path, "train")
-    val_files = find_shards(hp.data_path, "val")
-    log(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s) in {hp.data_path}; "
+    train_files = find_shards(shard_folder(hp.data_path), "train")
+    val_files = find_shards(shard_folder(hp.data_path), "val")
+    log(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s) in {shard_folder(hp.data_path)}; "
         f"world_size={world_size} grad_accum={grad_accum} seed={hp.seed}")
 
     torch.manual_seed(hp.seed)

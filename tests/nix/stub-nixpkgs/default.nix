@@ -67,6 +67,7 @@ let
     rich = pythonPackage "rich" { };
     nvidia-ml-py = pythonPackage "nvidia-ml-py" { };
     matplotlib = pythonPackage "matplotlib" { };
+    huggingface-hub = pythonPackage "huggingface-hub" { };
     pytest = pythonPackage "pytest" { };
     pytest-benchmark = pythonPackage "pytest-benchmark" { };
     setuptools = pythonPackage "setuptools" { };
