@@ -112,6 +112,9 @@ def test_loader_crosses_shards_and_cycles_or_stops(tg, tmp_path, capsys):
 def test_find_shards_errors_clearly(tg, tmp_path):
     with pytest.raises(FileNotFoundError, match="DATA_PATH"):
         tg.find_shards(str(tmp_path), "train")
+    # DATA_PATH is the folder holding data/fineweb10B/, as for the competition's scripts
+    assert Path(tg.shard_folder(str(tmp_path))) == tmp_path / "data" / "fineweb10B"
+    assert tg.read_hyperparameters({}).data_path == "."
 
 
 def test_stage_schedule_boundaries(tg):
@@ -236,7 +239,7 @@ def _tiny_run(tmp_path, data_dir, name, nproc):
     run_dir = tmp_path / name
     run_dir.mkdir()
     env = dict(os.environ, SPEEDRUN_TINY="1", SPEEDRUN_NUM_ITERATIONS="4", SPEEDRUN_EXTENSION_ITERATIONS="1",
-               SPEEDRUN_VAL_EVERY="2", SPEEDRUN_VAL_TOKENS="1024", DATA_PATH=str(data_dir), CUDA_VISIBLE_DEVICES="",
+               SPEEDRUN_VAL_EVERY="2", SPEEDRUN_VAL_TOKENS="1024", DATA_PATH=str(data_dir.parents[1]), CUDA_VISIBLE_DEVICES="",
                OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -258,8 +261,8 @@ def test_training_script_end_to_end_tiny_cpu(tmp_path):
     import re
 
     rng = np.random.default_rng(6)
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
+    data_dir = tmp_path / "data" / "fineweb10B"  # DATA_PATH=tmp_path: the competition's layout
+    data_dir.mkdir(parents=True)
     write_shard(data_dir / "fineweb_train_000001.bin", make_docs(rng, 800, 20, 400, vocab=300)[0])
     write_shard(data_dir / "fineweb_val_000000.bin", make_docs(rng, 60, 20, 400, vocab=300)[0])
     proc, log_path = _tiny_run(tmp_path, data_dir, "one", 1)
@@ -312,8 +315,8 @@ def test_track_toml_frozen_hashes_match_files():
 
 def _tiny_data(tmp_path):
     rng = np.random.default_rng(7)
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
+    data_dir = tmp_path / "data" / "fineweb10B"  # DATA_PATH=tmp_path: the competition's layout
+    data_dir.mkdir(parents=True)
     write_shard(data_dir / "fineweb_train_000001.bin", make_docs(rng, 400, 20, 400, vocab=300)[0])
     write_shard(data_dir / "fineweb_val_000000.bin", make_docs(rng, 30, 20, 400, vocab=300)[0])
     return data_dir
@@ -325,7 +328,7 @@ def _main_in_process(tg, monkeypatch, tmp_path):
         pytest.skip("in-process tiny runs are CPU checks (on a GPU main() would compile the model)")
     data_dir = _tiny_data(tmp_path)
     env = dict(SPEEDRUN_TINY="1", SPEEDRUN_NUM_ITERATIONS="4", SPEEDRUN_EXTENSION_ITERATIONS="1",
-               SPEEDRUN_VAL_EVERY="2", SPEEDRUN_VAL_TOKENS="512", DATA_PATH=str(data_dir))
+               SPEEDRUN_VAL_EVERY="2", SPEEDRUN_VAL_TOKENS="512", DATA_PATH=str(data_dir.parents[1]))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
