@@ -11,7 +11,8 @@
 #   PYTHON               the interpreter with torch, triton, pytest-benchmark (default: python3; the Nix app
 #                        sets the pinned environment's)
 #   CI_NPROC             GPUs for the smoke run (default: every GPU nvidia-smi lists)
-#   CI_DATA_PATH         folder of FineWeb shards for the smoke run (default: the track's data folder)
+#   CI_DATA_PATH         the folder holding data/fineweb10B/ for the smoke run (the runs' DATA_PATH; default:
+#                        the checkout, where `speedrun data fineweb` writes)
 #   CI_SMOKE_ITERATIONS  scheduled training steps of the smoke run (default 100; the record run has 1535)
 #   CI_SMOKE_VAL_TOKENS  validation tokens (default 262144; must be a multiple of 32768 x GPUs)
 # Extra arguments go to `speedrun run`.
@@ -65,12 +66,15 @@ declare -A before=()
 for dir in results/short/*/; do
   before["$dir"]=1
 done
-if ! "$python" -m harness run short --runs 1 --nproc "$nproc" --quiet "${data_args[@]}" \
+smoke_rc=0
+"$python" -m harness run short --runs 1 --nproc "$nproc" --quiet "${data_args[@]}" \
   --env "SPEEDRUN_NUM_ITERATIONS=$iterations" \
   --env "SPEEDRUN_EXTENSION_ITERATIONS=5" \
   --env "SPEEDRUN_VAL_EVERY=$iterations" \
   --env "SPEEDRUN_VAL_TOKENS=$val_tokens" \
-  "$@" 2>&1 | tee "$out/smoke-campaign.txt"; then
+  "$@" 2>&1 | tee "$out/smoke-campaign.txt" || smoke_rc=$?
+# 4: the run finished but the verdict is FAIL, as it must be for a schedule this short (far above the target)
+if [[ "$smoke_rc" -ne 0 && "$smoke_rc" -ne 4 ]]; then
   failed+=("smoke campaign")
 fi
 campaign=""
