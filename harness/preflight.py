@@ -34,22 +34,23 @@ def check_arms(arms, envs: list[dict[str, str]]) -> None:
         if arm.track.uses_gpu and not arm.track.is_smoke(env):
             if gpus is None:
                 gpus = visible_gpu_count()
-            check_gpus(arm, env, gpus)
+            check_gpus(arm, gpus)
         check_data(arm, env)
 
 
-def check_gpus(arm, env: dict[str, str], gpus: int) -> None:
+def check_gpus(arm, gpus: int) -> None:
     track = arm.track
     if gpus == 0:
-        raise HarnessError(f"track {track.name} needs CUDA and this node has none (torch sees no GPU); its CPU "
-                           f"smoke mode runs in well under a minute: {track.smoke_flags()}"
+        raise HarnessError(f"track {track.name} needs CUDA and this node has none (torch sees no GPU); its quick "
+                           f"CPU smoke mode ([smoke] in track.toml): {track.smoke_flags()}"
                            if track.smoke_env else f"track {track.name} needs CUDA and this node has none")
     listed = arm.env.get("CUDA_VISIBLE_DEVICES")  # an --env value narrows what this process sees
     if listed is not None:
         gpus = min(gpus, len([x for x in listed.split(",") if x.strip()]))
     if arm.nproc > gpus:
         raise HarnessError(f"--nproc {arm.nproc}{' (the track default)' if arm.nproc == track.nproc else ''} "
-                           f"needs {arm.nproc} GPUs; this node shows {gpus} (pass --nproc {gpus} or fewer)")
+                           f"needs {arm.nproc} GPUs; this node shows {gpus}"
+                           + (f" (pass --nproc {gpus} or fewer)" if gpus else " (--env CUDA_VISIBLE_DEVICES hides them)"))
 
 
 def check_data(arm, env: dict[str, str]) -> None:
