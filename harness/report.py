@@ -200,4 +200,5 @@ def print_summary(campaign_dir: str | Path, console=None) -> None:
 def cmd_report(campaign_dir: str) -> int:
     write_record(campaign_dir)
     print_summary(campaign_dir)
+    print(verdict(load_campaign(campaign_dir), load_runs(campaign_dir))[1])  # the same last line as the campaign's
     return 0
