@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import telemetry
+from harness import compile_cache, telemetry
 from harness.env import campaign_env
 from harness.errors import HarnessError
 from harness.fsio import read_json, sha256_file, write_json_atomic
@@ -171,6 +171,12 @@ def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[s
         default = arm.track.data.get("default_path")
         if default:
             env["DATA_PATH"] = str((REPO_ROOT / default).resolve())
+    # The harness's compile cache (Inductor, Triton and its autotune results) for this arm's key, set last:
+    # through the environment only, the script and its compile flags stay as they are. Stale state from an
+    # outer harness never reaches run.json.
+    for name in compile_cache.STATE_VARIABLES:
+        env.pop(name, None)
+    env.update(compile_cache.environment_for_run(arm, env))
     return env
 
 
@@ -270,7 +276,7 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
     ended = time.time()
     _stop_telemetry(sampler)
     result = _result_from_logs(run_dir, arm, index=index, seed=seed, status=status, reason=reason,
-                               returncode=returncode, started=started, ended=ended, progress=progress)
+                               returncode=returncode, started=started, ended=ended, progress=progress, env=env)
     if telemetry:
         result["telemetry"] = _summarize_telemetry(run_dir, result.get("timed_window_unix"))
     write_json_atomic(run_dir / "run.json", result)
@@ -304,7 +310,7 @@ def _follow_log(log_files: list[Path], progress: RunProgress) -> None:
 
 
 def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, returncode, started, ended,
-                      progress: RunProgress) -> dict:
+                      progress: RunProgress, env: dict[str, str] | None = None) -> dict:
     from harness.logs import parse_log
 
     log_path = run_log_path(run_dir)
@@ -351,6 +357,10 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
         "gpus": parsed.gpus,
         "timed_window_unix": window,
         "log_problems": parsed.problems,
+        # process start -> start of the timed part (compile and warm-up), and the cache it started from
+        "compile_warmup_s": compile_cache.compile_warmup_s(
+            started, progress.first_step_unix, parsed.steps[0].train_time_ms if parsed.steps else None),
+        "compile_cache": compile_cache.run_record(env or {}),
     }
 
 
@@ -475,6 +485,7 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
             "seeds": seeds,
             "telemetry": telemetry,
             "environment": environment_record(first),
+            "compile_cache": compile_cache.campaign_record(arms),
             **(extra or {}),
         }
     campaign["status"] = "running"
@@ -506,12 +517,14 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                     stop_reason = stop_rule(completed)
     except KeyboardInterrupt:
         campaign["status"] = "interrupted"
+        campaign["triton_autotune"] = compile_cache.autotune_record(arms)
         write_json_atomic(campaign_path, campaign)
         report.write_record(out_dir)
         raise
     campaign["status"] = "stopped-early" if stop_reason else "complete"
     if stop_reason:
         campaign["stop_reason"] = stop_reason
+    campaign["triton_autotune"] = compile_cache.autotune_record(arms)  # the configs runs 2..N used (issue 13)
     write_json_atomic(campaign_path, campaign)
     report.write_record(out_dir)
     return out_dir
