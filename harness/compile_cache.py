@@ -204,6 +204,10 @@ def run_variables(cache: CompileCache) -> dict[str, str]:
         "TORCHINDUCTOR_CACHE_DIR": str(d / "inductor"),
         "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
         "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+        # AOT autograd skips its cache for graphs holding a custom autograd.Function (the records' fused
+        # kernels), because its key cannot see the function's source. This folder's key holds the sha256 of
+        # every code file, so a changed function gets another folder: caching such graphs is safe here.
+        "TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD": "1",
         # Inductor keeps Triton's cache per device under its own folder unless TRITON_CACHE_DIR is set: one
         # folder for all ranks, with autotune results on disk.
         "TRITON_CACHE_DIR": str(d / "triton"),
