@@ -38,6 +38,7 @@ from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 FORMAT_VERSION = 1
 FINISHED = ("ok", "failed")  # run statuses that resume keeps
 _STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
+_TRAIN_TIME_RE = re.compile(r"\btrain_time:(\d+(?:\.\d+)?)ms")
 KILL_GRACE_S = 10.0
 POLL_S = 0.25
 
@@ -123,6 +124,7 @@ class RunProgress:
     last_val_loss: float | None = None
     last_output: float = field(default_factory=time.time)
     first_step_unix: float | None = None
+    first_train_time_ms: float | None = None  # train_time on that first step line (the timed part so far)
     final_step_unix: float | None = None
     last_step_unix: float | None = None  # a run that never finishes: its window ends at its last step line
     nonfinite: str | None = None
@@ -143,6 +145,8 @@ class RunProgress:
         self.step, self.total = step, total
         if self.first_step_unix is None:
             self.first_step_unix = self.last_output
+            timed = _TRAIN_TIME_RE.search(line)
+            self.first_train_time_ms = float(timed.group(1)) if timed else None
         self.last_step_unix = self.last_output
         if m.group(3) is not None:
             try:
@@ -267,7 +271,11 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
             _stop_telemetry(sampler)
             result = {"index": index, "arm": arm.name, "seed": seed, "status": "interrupted",
                       "reason": "interrupted (Ctrl-C or SIGTERM)", "started_unix": started,
-                      "ended_unix": time.time()}
+                      "ended_unix": time.time(),
+                      # a run cut short after its compile still tells how long the compile took, and from what
+                      "compile_warmup_s": compile_cache.compile_warmup_s(started, progress.first_step_unix,
+                                                                         progress.first_train_time_ms),
+                      "compile_cache": compile_cache.run_record(env)}
             write_json_atomic(run_dir / "run.json", result)
             raise
         returncode = proc.wait()
@@ -359,7 +367,7 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
         "log_problems": parsed.problems,
         # process start -> start of the timed part (compile and warm-up), and the cache it started from
         "compile_warmup_s": compile_cache.compile_warmup_s(
-            started, progress.first_step_unix, parsed.steps[0].train_time_ms if parsed.steps else None),
+            started, progress.first_step_unix, progress.first_train_time_ms),
         "compile_cache": compile_cache.run_record(env or {}),
     }
 

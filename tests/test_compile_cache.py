@@ -4,7 +4,11 @@ results read from Triton 3.6's on-disk files, and export/import with every refus
 import hashlib
 import io
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -230,6 +234,24 @@ def test_cache_dir_flag_moves_the_root(root, tmp_path):
     assert r.returncode == 0, r.stderr
     (folder,) = [p for p in other.iterdir()]
     assert (folder / "triton").is_dir() and not root.exists()
+
+
+def test_a_run_interrupted_after_its_compile_keeps_its_compile_time(root, tmp_path):
+    out = tmp_path / "c"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(FAKE), "--script", str(PROBE), "--runs", "2",
+                             "--out", str(out), "--quiet", "--no-telemetry", "--env", "PROBE_HANG=1"],
+                            env=dict(os.environ, PYTHONPATH=str(REPO), SPEEDRUN_CACHE_DIR=str(root)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "runs" / "0" / "output.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "probe hangs" in log.read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    (run,) = load_runs(out)
+    assert run["status"] == "interrupted" and run["compile_cache"]["state"] == "cold"
+    assert run["compile_warmup_s"] >= 0.5  # the probe's cold "compile"
+    assert f"| {run['compile_warmup_s']:.1f} | cold |" in (out / "record.md").read_text()
 
 
 def test_compile_warmup_counts_to_the_start_of_the_timed_part():
