@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
             cp.add_argument("--out", metavar="FILE", help="archive path (default speedrun-compile-cache-<time>.tar.xz)")
             cp.add_argument("--part-size", metavar="SIZE", help="split into parts FILE.001, ... of at most SIZE "
                                                                 "(e.g. 15M) each")
+            cp.add_argument("--lean", action="store_true", help="leave out Triton's intermediate IR files "
+                                                                "(a cache hit loads the binary and its metadata)")
         if name == "import":
             cp.add_argument("files", nargs="+", metavar="FILE", help="the archive, or every part of a split export")
     return p
@@ -154,7 +156,8 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.cache_command == "list":
             return compile_cache.cmd_cache_list(args.cache_dir)
         if args.cache_command == "export":
-            return compile_cache.cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir)
+            return compile_cache.cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir,
+                                                  lean=args.lean)
         return compile_cache.cmd_cache_import(args.files, cache_dir=args.cache_dir)
     if args.command == "run":
         from harness.run_command import cmd_run

@@ -436,9 +436,21 @@ def cmd_cache_list(cache_dir: str | None = None) -> int:
         print(f"{f.path.name}  {f.entries} files, {_mib(f.bytes)}  {script!r} nproc={key.get('nproc')}  "
               f"torch {key.get('torch')}, triton {key.get('triton')}, {key.get('gpu')}  "
               + ("this node" if not bad else "other environment: " + "; ".join(bad)))
+        print("    " + ", ".join(f"{name} {_mib(n)}" for name, n in _parts_of(f.path)))
     total = sum(f.bytes for f in folders)
     print(f"total: {len(folders)} folders, {_mib(total)}")
     return 0
+
+
+def _parts_of(folder: Path) -> list[tuple[str, int]]:
+    """Bytes per cache (inductor, triton, ...), and the share of Triton's intermediate IR (`export --lean`)."""
+    out = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        out.append((sub.name, folder_bytes(sub)))
+        if sub.name == "triton":
+            ir = sum(p.stat().st_size for p in sub.rglob("*") if p.suffix in TRITON_INTERMEDIATES and p.is_file())
+            out.append(("(of which Triton IR)", ir))
+    return out
 
 
 def _root_for_command(cache_dir: str | None) -> Path:
@@ -465,14 +477,21 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def _skip_in_export(rel: Path) -> bool:
+# Triton keeps every stage of a kernel's compile; a cache hit loads only the binary and the metadata .json
+# (the group file lists the rest, and Triton takes what exists). `export --lean` leaves these out of triton/.
+TRITON_INTERMEDIATES = (".source", ".ttir", ".ttgir", ".llir", ".ptx", ".amdgcn")
+
+
+def _skip_in_export(rel: Path, lean: bool = False) -> bool:
     # Triton writes through tmp.pid_* folders and renames; Inductor and Triton use lock files.
-    return any(part.startswith("tmp.pid_") for part in rel.parts) or rel.name == "lock" or rel.suffix == ".lock"
+    if any(part.startswith("tmp.pid_") for part in rel.parts) or rel.name == "lock" or rel.suffix == ".lock":
+        return True
+    return lean and rel.parts[0] == "triton" and rel.suffix in TRITON_INTERMEDIATES
 
 
-def build_archive(folders: list[Folder], identity: dict) -> tuple[bytes, int, int]:
+def build_archive(folders: list[Folder], identity: dict, lean: bool = False) -> tuple[bytes, int, int]:
     """The xz tar archive of these folders: manifest.json first (the import checks it before reading on),
-    then every regular file. Returns (archive bytes, files, raw bytes)."""
+    then every regular file (lean: without Triton's intermediate IR). Returns (archive bytes, files, raw bytes)."""
     manifest = {"format": ARCHIVE_FORMAT, "kind": ARCHIVE_KIND,
                 "created_unix": time.time(), "node": {f: identity.get(f) for f in NODE_FIELDS},
                 "entries": {f.path.name: {"key": f.key, "about": f.about} for f in folders}}
@@ -486,7 +505,7 @@ def build_archive(folders: list[Folder], identity: dict) -> tuple[bytes, int, in
         for f in folders:
             for path in sorted(f.path.rglob("*")):
                 rel = path.relative_to(f.path)
-                if path.is_symlink() or not path.is_file() or _skip_in_export(rel):
+                if path.is_symlink() or not path.is_file() or _skip_in_export(rel, lean):
                     continue
                 st = path.stat()
                 info = tarfile.TarInfo(f"{f.path.name}/{rel.as_posix()}")
@@ -518,7 +537,8 @@ def part_path(out: Path, k: int) -> Path:
     return out.with_name(f"{out.name}.{k:03d}")
 
 
-def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache_dir: str | None = None) -> int:
+def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache_dir: str | None = None,
+                     lean: bool = False) -> int:
     size = parse_size(part_size) if part_size else None
     root = _root_for_command(cache_dir)
     identity = node_identity()
@@ -533,7 +553,7 @@ def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache
         raise HarnessError(f"no filled compile cache for this node under {root} (a campaign fills it)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_path = Path(out) if out else Path.cwd() / f"speedrun-compile-cache-{stamp}.tar.xz"
-    archive, n_files, raw = build_archive(folders, identity)
+    archive, n_files, raw = build_archive(folders, identity, lean=lean)
     if size is None:
         write_bytes_atomic(out_path, archive)
         written = [out_path]

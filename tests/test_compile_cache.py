@@ -358,6 +358,24 @@ def test_export_import_round_trip(root, tmp_path):
     assert r.returncode == 0 and "0 new files" in r.stdout
 
 
+def test_lean_export_leaves_out_tritons_intermediate_ir_only(root, tmp_path):
+    files = {"triton/HASH/k.ttir": b"ir", "triton/HASH/k.ttgir": b"ir", "triton/HASH/k.llir": b"ir",
+             "triton/HASH/k.ptx": b"ptx", "triton/HASH/k.source": b"src", "triton/HASH/k.cubin": b"\x7fELF",
+             "triton/HASH/k.json": b"{}", "triton/HASH/__grp__k.json": b"{}", "triton/AT/k.autotune.json": b"{}",
+             "inductor/fxgraph/x/entry": b"graph", "inductor/ab/cabc.py": b"code", "inductor/ab/k.ptx": b"kept"}
+    d = filled_cache(root, files=files)
+    env = {"SPEEDRUN_CACHE_DIR": str(root)}
+    listing = run_cli("cache", "list", env=env)
+    assert "triton " in listing.stdout and "(of which Triton IR) 0.0 MiB" in listing.stdout
+    archive = tmp_path / "lean.tar.xz"
+    assert run_cli("cache", "export", "--lean", "--out", archive, env=env).returncode == 0
+    fresh = tmp_path / "fresh"
+    assert run_cli("cache", "import", archive, env={"SPEEDRUN_CACHE_DIR": str(fresh)}).returncode == 0
+    got = set(tree(fresh / d.name))
+    assert got == {"key.json", "triton/HASH/k.cubin", "triton/HASH/k.json", "triton/HASH/__grp__k.json",
+                   "triton/AT/k.autotune.json", "inductor/fxgraph/x/entry", "inductor/ab/cabc.py", "inductor/ab/k.ptx"}
+
+
 def test_split_export_imports_from_its_parts_in_any_order(root, tmp_path):
     rng = random.Random(7)
     d = filled_cache(root, files={"triton/H/big.cubin": rng.randbytes(40000)})  # incompressible: several parts

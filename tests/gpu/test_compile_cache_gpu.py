@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from conftest import run_cli
 from harness import compile_cache as cc
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -87,3 +88,26 @@ def test_a_second_process_hits_the_fx_graph_cache_in_the_harness_folder(tmp_path
     assert cc.count_entries(cache.dir) > 0
     second = _run(COMPILED, cache)
     assert "'fxgraph_cache_hit': 1" in second, second
+
+
+def test_a_lean_export_warms_a_fresh_root(tmp_path):
+    """Fill a cache, export it without Triton's intermediate IR, import it elsewhere: the compiled graph hits the
+    FX graph cache, the autotuned kernel is neither re-tuned nor recompiled (no IR file of it reappears)."""
+    pytest.importorskip("triton")
+    identity = cc.node_identity()
+    filled = cc.CompileCache(root=tmp_path / "a", key=cc.make_key(identity, "0" * 64, 1), about={"script": "gpu-test"})
+    cc.prepare(filled)
+    _run(COMPILED, filled)
+    best = _run(AUTOTUNED, filled).split("BEST ", 1)[1].splitlines()[0]
+    archive = tmp_path / "lean.tar.xz"
+    r = run_cli("cache", "export", "--lean", "--out", archive, env={"SPEEDRUN_CACHE_DIR": str(filled.root)})
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    r = run_cli("cache", "import", archive, env={"SPEEDRUN_CACHE_DIR": str(tmp_path / "b")})
+    assert r.returncode == 0, r.stderr
+    fresh = cc.CompileCache(root=tmp_path / "b", key=filled.key, about={})
+    assert not list((fresh.dir / "triton").rglob("cache_probe_add.ptx"))
+    assert "'fxgraph_cache_hit': 1" in _run(COMPILED, fresh)
+    again = _run(AUTOTUNED, fresh, {"TRITON_PRINT_AUTOTUNING": "1"})
+    assert "Triton autotuning for function" not in again and again.split("BEST ", 1)[1].splitlines()[0] == best
+    assert not list((fresh.dir / "triton").rglob("cache_probe_add.ptx")), "the kernel was compiled again"
