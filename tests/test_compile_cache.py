@@ -164,7 +164,7 @@ def test_a_run_of_the_tiny_track_under_the_harness_sees_the_variables(root, tmp_
     out = run_campaign(tmp_path / "c", [arm], ["main"], telemetry=False, quiet=True)
     seen = json.loads((out / "runs" / "0" / "cache_env.json").read_text())
     folder = cc.cache_for_arm(arm).dir
-    assert seen == cc.run_variables(cc.cache_for_arm(arm))
+    assert cc.run_variables(cc.cache_for_arm(arm)).items() <= seen.items()
     assert seen["TRITON_CACHE_DIR"] == str(folder / "triton") and seen["TRITON_CACHE_AUTOTUNING"] == "1"
     (run,) = load_runs(out)
     assert run["final_step"] == 20 and run["compile_cache"]["state"] == "cold"
@@ -222,7 +222,7 @@ def test_no_cache_flag_runs_without_the_harness_cache(root, tmp_path):
     (run,) = load_runs(out)
     assert run["compile_cache"] == {"enabled": False, "state": None}
     seen = json.loads((out / "runs" / "0" / "cache_env.json").read_text())
-    assert seen["TRITON_CACHE_DIR"] == str(tmp_path / "own") and seen["TRITON_CACHE_AUTOTUNING"] is None
+    assert seen["TRITON_CACHE_DIR"] == str(tmp_path / "own") and "TRITON_CACHE_AUTOTUNING" not in seen
     assert not root.exists()
     assert "| off |" in (out / "record.md").read_text()
 
