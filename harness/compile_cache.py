@@ -436,7 +436,9 @@ def cmd_cache_list(cache_dir: str | None = None) -> int:
         print(f"{f.path.name}  {f.entries} files, {_mib(f.bytes)}  {script!r} nproc={key.get('nproc')}  "
               f"torch {key.get('torch')}, triton {key.get('triton')}, {key.get('gpu')}  "
               + ("this node" if not bad else "other environment: " + "; ".join(bad)))
-        print("    " + ", ".join(f"{name} {_mib(n)}" for name, n in _parts_of(f.path)))
+        parts = _parts_of(f.path)
+        if parts:
+            print("    " + ", ".join(f"{name} {_mib(n)}" for name, n in parts))
     total = sum(f.bytes for f in folders)
     print(f"total: {len(folders)} folders, {_mib(total)}")
     return 0
