@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import telemetry
+from harness import compile_cache, telemetry
 from harness.env import campaign_env
 from harness.errors import HarnessError
 from harness.fsio import read_json, sha256_file, write_json_atomic
@@ -39,6 +39,7 @@ from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 FORMAT_VERSION = 1
 FINISHED = ("ok", "failed")  # run statuses that resume keeps
 _STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
+_TRAIN_TIME_RE = re.compile(r"\btrain_time:(\d+(?:\.\d+)?)ms")
 KILL_GRACE_S = 10.0
 POLL_S = 0.25
 
@@ -124,6 +125,7 @@ class RunProgress:
     last_val_loss: float | None = None
     last_output: float = field(default_factory=time.time)
     first_step_unix: float | None = None
+    first_train_time_ms: float | None = None  # train_time on that first step line (the timed part so far)
     final_step_unix: float | None = None
     last_step_unix: float | None = None  # a run that never finishes: its window ends at its last step line
     nonfinite: str | None = None
@@ -144,6 +146,8 @@ class RunProgress:
         self.step, self.total = step, total
         if self.first_step_unix is None:
             self.first_step_unix = self.last_output
+            timed = _TRAIN_TIME_RE.search(line)
+            self.first_train_time_ms = float(timed.group(1)) if timed else None
         self.last_step_unix = self.last_output
         if m.group(3) is not None:
             try:
@@ -171,6 +175,12 @@ def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[s
     # The competition's layout: DATA_PATH is the folder holding data/fineweb10B/ (--data-path, else the repo
     # root, where `speedrun data` writes); runs start in their own folders, so the scripts' default `.` is wrong.
     env.setdefault("DATA_PATH", str(REPO_ROOT))
+    # The harness's compile cache (Inductor, Triton and its autotune results) for this arm's key, set last:
+    # through the environment only, the script and its compile flags stay as they are. Stale state from an
+    # outer harness never reaches run.json.
+    for name in compile_cache.STATE_VARIABLES:
+        env.pop(name, None)
+    env.update(compile_cache.environment_for_run(arm, env))
     return env
 
 
@@ -261,7 +271,11 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
             _stop_telemetry(sampler)
             result = {"index": index, "arm": arm.name, "seed": seed, "status": "interrupted",
                       "reason": "interrupted (Ctrl-C or SIGTERM)", "started_unix": started,
-                      "ended_unix": time.time()}
+                      "ended_unix": time.time(),
+                      # a run cut short after its compile still tells how long the compile took, and from what
+                      "compile_warmup_s": compile_cache.compile_warmup_s(started, progress.first_step_unix,
+                                                                         progress.first_train_time_ms),
+                      "compile_cache": compile_cache.run_record(env)}
             write_json_atomic(run_dir / "run.json", result)
             raise
         returncode = proc.wait()
@@ -270,7 +284,7 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
     ended = time.time()
     _stop_telemetry(sampler)
     result = _result_from_logs(run_dir, arm, index=index, seed=seed, status=status, reason=reason,
-                               returncode=returncode, started=started, ended=ended, progress=progress)
+                               returncode=returncode, started=started, ended=ended, progress=progress, env=env)
     if telemetry:
         result["telemetry"] = _summarize_telemetry(run_dir, result.get("timed_window_unix"))
     write_json_atomic(run_dir / "run.json", result)
@@ -304,7 +318,7 @@ def _follow_log(log_files: list[Path], progress: RunProgress) -> None:
 
 
 def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, returncode, started, ended,
-                      progress: RunProgress) -> dict:
+                      progress: RunProgress, env: dict[str, str] | None = None) -> dict:
     from harness.logs import parse_log
 
     log_path = run_log_path(run_dir)
@@ -351,6 +365,10 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
         "gpus": parsed.gpus,
         "timed_window_unix": window,
         "log_problems": parsed.problems,
+        # process start -> start of the timed part (compile and warm-up), and the cache it started from
+        "compile_warmup_s": compile_cache.compile_warmup_s(
+            started, progress.first_step_unix, progress.first_train_time_ms),
+        "compile_cache": compile_cache.run_record(env or {}),
     }
 
 
@@ -502,6 +520,7 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
             "seeds": seeds,
             "telemetry": telemetry,
             "environment": environment_record(first),
+            "compile_cache": compile_cache.campaign_record(arms),
             **(extra or {}),
         }
     campaign["status"] = "running"
@@ -533,12 +552,14 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                     stop_reason = stop_rule(completed)
     except KeyboardInterrupt:
         campaign["status"] = "interrupted"
+        campaign["triton_autotune"] = compile_cache.autotune_record(arms)
         write_json_atomic(campaign_path, campaign)
         report.write_record(out_dir)
         raise
     campaign["status"] = "stopped-early" if stop_reason else "complete"
     if stop_reason:
         campaign["stop_reason"] = stop_reason
+    campaign["triton_autotune"] = compile_cache.autotune_record(arms)  # the configs runs 2..N used (issue 13)
     write_json_atomic(campaign_path, campaign)
     report.write_record(out_dir)
     return out_dir

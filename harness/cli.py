@@ -116,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench-sequential", help="simulate the sequential test's error rate and runs saved")
     b.add_argument("--sims", type=_positive_int, default=20000)
+
+    # The compile cache (harness/compile_cache.py): flags of the campaign commands, and `speedrun cache ...`.
+    for campaign_parser in (r, c, sc):
+        campaign_parser.add_argument("--no-cache", action="store_true",
+                                     help="leave torch's compile caches as they are (no harness compile cache)")
+        campaign_parser.add_argument("--cache-dir", metavar="DIR",
+                                     help="compile cache root (default $SPEEDRUN_CACHE_DIR or cache/compile)")
+    ca = sub.add_parser("cache", help="the harness's compile cache: list, export to an archive, import one")
+    ca_sub = ca.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    for name, help_text in (("list", "cache folders, their keys and sizes"),
+                            ("export", "write this node's filled cache folders to one xz tar archive"),
+                            ("import", "check an exported archive (or its parts) against this node and unpack it")):
+        cp = ca_sub.add_parser(name, help=help_text)
+        cp.add_argument("--cache-dir", metavar="DIR", help="compile cache root (default $SPEEDRUN_CACHE_DIR or "
+                                                           "cache/compile)")
+        if name == "export":
+            cp.add_argument("--out", metavar="FILE", help="archive path (default speedrun-compile-cache-<time>.tar.xz)")
+            cp.add_argument("--part-size", metavar="SIZE", help="split into parts FILE.001, ... of at most SIZE "
+                                                                "(e.g. 15M) each")
+            cp.add_argument("--lean", action="store_true", help="leave out Triton's intermediate IR files "
+                                                                "(a cache hit loads the binary and its metadata)")
+        if name == "import":
+            cp.add_argument("files", nargs="+", metavar="FILE", help="the archive, or every part of a split export")
     return p
 
 
@@ -126,6 +149,19 @@ def _env_pairs(pairs):
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("run", "compare", "scaling"):
+        from harness.compile_cache import apply_options
+
+        apply_options(no_cache=args.no_cache, cache_dir=args.cache_dir)
+    if args.command == "cache":
+        from harness import compile_cache
+
+        if args.cache_command == "list":
+            return compile_cache.cmd_cache_list(args.cache_dir)
+        if args.cache_command == "export":
+            return compile_cache.cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir,
+                                                  lean=args.lean)
+        return compile_cache.cmd_cache_import(args.files, cache_dir=args.cache_dir)
     if args.command == "run":
         from harness.run_command import cmd_run
 

@@ -121,6 +121,9 @@ def record_markdown(campaign_dir: str | Path) -> str:
                      else "No baseline run finished successfully.\n")
         lines.append(comparison_markdown(d) + "\n")
     lines += ["## Runs", "", _runs_table_md(runs), ""]
+    cache_md = _compile_cache_md(campaign)
+    if cache_md:
+        lines += ["## Compile cache", "", cache_md, ""]
     if campaign.get("environment"):
         lines += [env_markdown(campaign["environment"]), ""]
     tele = _telemetry_md(runs)
@@ -142,14 +145,48 @@ def _telemetry_md(runs: list[dict]) -> str:
 
 
 def _runs_table_md(runs: list[dict]) -> str:
-    rows = ["| run | arm | seed | status | final step | val loss | train time (s) | wall (s) | reason |",
-            "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    rows = ["| run | arm | seed | status | final step | val loss | train time (s) | compile + warm-up (s) | cache "
+            "| wall (s) | reason |",
+            "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in runs:
-        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["index"], r.get("arm", ""), r.get("seed", ""), r.get("status", ""),
             _or_dash(r.get("final_step")), _num(r.get("final_val_loss"), 4), _num(r.get("train_time_s"), 3),
-            _num(r.get("wall_s"), 1), (r.get("reason") or "").replace("|", "/")))
+            _num(r.get("compile_warmup_s"), 1), cache_state(r), _num(r.get("wall_s"), 1),
+            (r.get("reason") or "").replace("|", "/")))
     return "\n".join(rows)
+
+
+def _compile_cache_md(campaign: dict) -> str:
+    """Each arm's compile cache folder, and the Triton autotune configs its runs share (campaign.json)."""
+    from harness.compile_cache import describe_config
+
+    arms = campaign.get("compile_cache")
+    if not isinstance(arms, dict) or not arms:
+        return ""
+    lines = []
+    for arm, rec in arms.items():
+        if not isinstance(rec, dict):
+            continue
+        lines.append(f"- {arm}: " + (f"`{rec.get('dir')}` (key {rec.get('digest')})" if rec.get("enabled")
+                                      else "off (--no-cache)"))
+    tuned = [(arm, kernel, e) for arm, kernels in (campaign.get("triton_autotune") or {}).items()
+             if isinstance(kernels, dict) for kernel, entries in kernels.items() for e in entries]
+    if tuned:
+        lines += ["", "Triton autotune (kept on disk, used by every run after the first):", "",
+                  "| arm | kernel | tuning key | chosen config | timing (ms) |", "| --- | --- | --- | --- | --- |"]
+        for arm, kernel, e in tuned:
+            cfg = describe_config(e["config"]) if isinstance(e.get("config"), dict) else e.get("problem", "?")
+            lines.append(f"| {arm} | {kernel} | {e.get('key')} | {cfg} | {e.get('timing')} |".replace("\n", " "))
+    return "\n".join(lines)
+
+
+def cache_state(run: dict) -> str:
+    """cold / warm (the compile cache folder was empty / had entries before the run), off, or - (older runs)."""
+    cache = run.get("compile_cache")
+    if not isinstance(cache, dict):
+        return "-"
+    return str(cache.get("state") or "-") if cache.get("enabled") else "off"
 
 
 def _or_dash(v) -> str:
@@ -178,13 +215,14 @@ def print_summary(campaign_dir: str | Path, console=None) -> None:
     runs = load_runs(d)
     table = Table(title=f"{campaign['track']['name']} campaign {campaign['id']} ({campaign.get('status')})")
     for col, justify in (("run", "right"), ("arm", "left"), ("seed", "right"), ("status", "left"),
-                         ("val loss", "right"), ("train time (s)", "right"), ("wall (s)", "right"),
-                         ("reason", "left")):
+                         ("val loss", "right"), ("train time (s)", "right"), ("compile (s)", "right"),
+                         ("wall (s)", "right"), ("reason", "left")):
         table.add_column(col, justify=justify)
     for r in runs:
         status = "[green]ok[/]" if r.get("status") == "ok" else f"[red]{r.get('status')}[/]"
         table.add_row(str(r["index"]), r.get("arm", ""), str(r.get("seed", "")), status,
-                      _num(r.get("final_val_loss"), 4), _num(r.get("train_time_s"), 3), _num(r.get("wall_s"), 1),
+                      _num(r.get("final_val_loss"), 4), _num(r.get("train_time_s"), 3),
+                      f"{_num(r.get('compile_warmup_s'), 1)} {cache_state(r)}", _num(r.get("wall_s"), 1),
                       r.get("reason") or "")
     console.print(table)
     md = (d / "record.md").read_text(encoding="utf-8") if (d / "record.md").exists() else record_markdown(d)

@@ -10,6 +10,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SEEDS = FIXTURES / "seeds"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compile_cache_outside_the_repo(tmp_path_factory):
+    """Campaigns started by tests keep the harness's compile cache out of the checkout's cache/ folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEEDRUN_CACHE_DIR", str(tmp_path_factory.mktemp("compile-cache")))
+        mp.delenv("SPEEDRUN_NO_CACHE", raising=False)
+        yield
+
+
 @pytest.fixture
 def fake_track():
     from harness.tracks import load_track
