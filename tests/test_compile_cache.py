@@ -208,7 +208,7 @@ def test_the_console_summary_shows_compile_time_and_cold_or_warm(root, tmp_path)
     out = tmp_path / "c"
     r = run_cli("run", str(FAKE), "--script", str(PROBE), "--runs", "2", "--out", out, "--quiet", "--no-telemetry",
                 env={"COLUMNS": "200", "SPEEDRUN_CACHE_DIR": str(root)})
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in (0, 4), r.stderr  # 4: the probe's losses miss the target
     runs = load_runs(out)
     assert f"{runs[0]['compile_warmup_s']:.1f} cold" in r.stdout
     assert f"{runs[1]['compile_warmup_s']:.1f} warm" in r.stdout
@@ -218,7 +218,7 @@ def test_no_cache_flag_runs_without_the_harness_cache(root, tmp_path):
     out = tmp_path / "c"
     r = run_cli("run", str(FAKE), "--script", str(PROBE), "--runs", "1", "--out", out, "--quiet", "--no-telemetry",
                 "--no-cache", env={"SPEEDRUN_CACHE_DIR": str(root), "TRITON_CACHE_DIR": str(tmp_path / "own")})
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in (0, 4), r.stderr  # 4: the probe's losses miss the target
     (run,) = load_runs(out)
     assert run["compile_cache"] == {"enabled": False, "state": None}
     seen = json.loads((out / "runs" / "0" / "cache_env.json").read_text())
@@ -231,7 +231,7 @@ def test_cache_dir_flag_moves_the_root(root, tmp_path):
     other = tmp_path / "elsewhere"
     r = run_cli("run", str(FAKE), "--script", str(PROBE), "--runs", "1", "--out", tmp_path / "c", "--quiet",
                 "--no-telemetry", "--cache-dir", other, env={"SPEEDRUN_CACHE_DIR": str(root)})
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in (0, 4), r.stderr  # 4: the probe's losses miss the target
     (folder,) = [p for p in other.iterdir()]
     assert (folder / "triton").is_dir() and not root.exists()
 
