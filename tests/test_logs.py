@@ -64,9 +64,9 @@ def test_real_2026_log_header_and_result():
     assert (p.peak_memory_allocated_mib, p.peak_memory_reserved_mib) == (30704, 46558)
     assert p.val_curve == [(0, 10.8284), (250, 4.5838), (1575, 3.2767)]
     assert p.steps[0].step_avg_ms == 0.03 and p.steps[0].train_loss is None
-    # the three lines printed before step 0 are ignored and counted, not fatal
-    assert p.unknown_lines == 3
-    assert any("3 unrecognized line(s)" in s and "Resetting Model" in s for s in p.problems)
+    # the three banner lines printed before step 0 are the competition's format, not problems
+    assert p.unknown_lines == 0 and p.known_lines == 3
+    assert p.problems == []
     assert check_monotonic(p) == []
 
 
@@ -265,5 +265,5 @@ def test_to_dict_is_json_without_source():
     p = parse_log_file(VEFUSED_0)
     d = json.loads(json.dumps(p.to_dict()))
     assert d["source_sha256"] == p.source_sha256 and d["final_val_loss"] == 3.2767
-    assert d["step_lines"] == len(p.steps) and d["unknown_lines"] == 3 and d["gpus"] == p.gpus
+    assert d["step_lines"] == len(p.steps) and d["unknown_lines"] == 0 and d["known_lines"] == 3 and d["gpus"] == p.gpus
     assert "Placeholder source" not in json.dumps(d)
