@@ -247,7 +247,7 @@ def _list_items(body: str) -> tuple[list[str], str | None, str]:
     unit (`87696ms`, `97.8s`); a list takes one unit."""
     items, units = [], set()
     for raw in body.replace("\n", " ").split(","):
-        item = raw.strip()
+        item = raw.strip().strip("'\"").strip()
         if not item:
             continue
         unit = ""
@@ -335,6 +335,34 @@ def parse_writeup(text: str, source: str = "write-up") -> list[ParsedBlock]:
         if stripped:
             last_text = stripped[:200]
         i += 1
+    return _merge_split_lists(out)
+
+
+def _merge_split_lists(arms: list[ParsedBlock]) -> list[ParsedBlock]:
+    """A losses-only arm right followed by an unnamed times-only arm of the same length (or the other way
+    round) is one arm whose lists were pasted in two places (the medium write-ups do this)."""
+    out: list[ParsedBlock] = []
+    for b in arms:
+        prev = out[-1] if out else None
+        if (prev is not None and not prev.malformed and not b.malformed and b.label is None
+                and prev.source == b.source and prev.kind in ("block", "text") and b.kind in ("block", "text")):
+            pairs = ((prev.losses, prev.times, b.losses, b.times), )
+            for pl, pt, bl, bt in pairs:
+                if pl is not None and pt is None and bl is None and bt is not None and len(pl) == len(bt):
+                    prev.times, prev.times_text = b.times, b.times_text
+                    prev.printed_text.update(b.printed_text)
+                    break
+                if pl is None and pt is not None and bl is not None and bt is None and len(pt) == len(bl):
+                    prev.losses, prev.losses_text = b.losses, b.losses_text
+                    prev.printed_text.update(b.printed_text)
+                    prev.target = prev.target if prev.target is not None else b.target
+                    break
+            else:
+                out.append(b)
+            continue
+        out.append(b)
+    for b in out:
+        b.printed_digits = {k: _digits(v) for k, v in b.printed_text.items()}
     return out
 
 
@@ -432,6 +460,20 @@ def _parse_fence(body: list[str], first_line: int, source: str, context: str) ->
             items, error, unit = _list_items(body_text)
             if error:
                 cur.malformed = f"the {m.group('name')} list at line {line_no} {error}"
+                continue
+            _set_list(cur, kind, items, unit)
+            continue
+        if (bare := _BARE_LIST.match(line)) and (kind := _bare_kind(context.rsplit(" / ", 1)[-1], bare.group("rest"))):
+            body_text, used = _read_list(lines, i - 1, bare.group("rest"))
+            i += used - 1
+            if cur is None or (kind == "losses" and cur.losses is not None) or (kind == "times" and cur.times is not None):
+                cur = new_arm(line_no)
+            if body_text is None:
+                cur.malformed = f"the {kind} list at line {line_no} is never closed"
+                continue
+            items, error, unit = _list_items(body_text)
+            if error:
+                cur.malformed = f"the {kind} list at line {line_no} {error}"
                 continue
             _set_list(cur, kind, items, unit)
             continue
@@ -551,6 +593,21 @@ def _summary_arm(stats: dict[str, str], label: str, line: int, source: str, cont
 
 
 _TEXT_LIST = re.compile(r"^\s*[-*]?\s*(?P<name>[A-Za-z_]\w*)\s*[:=]\s*\[(?P<rest>.*)$")
+_BARE_LIST = re.compile(r"^\s*\[(?P<rest>\s*['\"]?[-+]?\d.*)$")
+
+
+def _bare_kind(before: str, rest: str) -> str | None:
+    """A bare `[2.9199, 2.9185, ...]` line is a list of losses or of times: the text just before says which
+    ("final validation losses over 36 runs", "raw run times"); failing that, the values do."""
+    words = before.lower()
+    if "time" in words and "loss" not in words:
+        return "times"
+    if "loss" in words or "acc" in words:
+        return "losses"
+    first = _number_in(rest)[0]
+    if first is None:
+        return None
+    return "losses" if float(first) < 20 else "times"
 _TEXT_P = re.compile(rf"^\s*[-*]?\s*p(?:-value| value)?\s*[:=]\s*(?P<p>{_NUM})\s*$", re.I)
 
 
@@ -558,18 +615,22 @@ def _text_statement(lines: list[str], i: int, source: str, arm: ParsedBlock | No
     """A plain-text statistic at lines[i]: (arm, lines consumed, whether a new arm started) or None."""
     line = lines[i]
     m = _TEXT_LIST.match(line)
-    if m and (kind := _kind_of(m.group("name"))):
+    kind = _kind_of(m.group("name")) if m else None
+    if m is None and (bare := _BARE_LIST.match(line)):
+        kind = _bare_kind(context.rsplit(" / ", 1)[-1], bare.group("rest"))
+        m = bare
+    if m and kind:
         body_text, used = _read_list(lines, i, m.group("rest"))
         started = arm is None or (kind == "losses" and arm.losses is not None) or (kind == "times" and arm.times is not None)
         if started:
             arm = ParsedBlock(text="", losses=None, times=None, target=None, line=i + 1, kind="text", label=None,
                               context=context, source=source)
         if body_text is None:
-            arm.malformed = f"the {m.group('name')} list at line {i + 1} is never closed"
+            arm.malformed = f"the {kind} list at line {i + 1} is never closed"
             return arm, max(used, 1), started
         items, error, unit = _list_items(body_text)
         if error:
-            arm.malformed = f"the {m.group('name')} list at line {i + 1} {error}"
+            arm.malformed = f"the {kind} list at line {i + 1} {error}"
         else:
             _set_list(arm, kind, items, unit)
             arm._last = kind  # which list a following `mean:` line describes
