@@ -519,6 +519,35 @@ def _best_match(arm: ParsedBlock, groups: list[_Group]) -> _Match | None:
     return best[1] if best else None
 
 
+def _about(arm: ParsedBlock, m: _Match) -> bool:
+    """Is the arm about this group of logs? Equal, sharing most values, or listing every log of it (a write-up
+    that lists more runs than the folder holds logs for)."""
+    if m.full or (m.size and m.overlap / m.size >= _RELATED_FRACTION):
+        return True
+    return arm.kind != "summary" and bool(m.group.losses) and not (m.group.losses - Counter(_block_losses(arm)))
+
+
+def _narrow(arm: ParsedBlock, m: _Match) -> list[_Entry]:
+    """The group's logs the arm states: when the arm's runs are some of the group's finished logs, the rest are
+    left out of the claim (and then named by the omitted-runs check); logs without a result stay (a crashed
+    run beside the others fails the final-step check)."""
+    if m.full or arm.kind == "summary" or arm.losses is None:
+        return m.group.members
+    want = Counter(zip(_block_losses(arm), _block_times(arm))) if arm.times is not None else Counter(_block_losses(arm))
+    have = Counter((e.loss, e.time) if arm.times is not None else e.loss for e in m.group.members if e.has_result)
+    if want - have:
+        return m.group.members  # the arm states values no log gives: show the whole group's difference
+    kept = []
+    for e in m.group.members:
+        key = (e.loss, e.time) if arm.times is not None else e.loss
+        if not e.has_result:
+            kept.append(e)
+        elif want[key] > 0:
+            want[key] -= 1
+            kept.append(e)
+    return kept
+
+
 def _choose_claim(arms: list[ParsedBlock], best: dict[int, _Match | None]) -> int | None:
     usable = [i for i, a in enumerate(arms) if not a.malformed and (a.has_lists or a.n is not None)]
     if not usable:
@@ -890,8 +919,8 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
     claim_bi = _choose_claim(arms, best)
     claim = arms[claim_bi] if claim_bi is not None else None
     m = best.get(claim_bi) if claim is not None else None
-    if claim is not None and m is not None and (m.full or m.overlap):
-        claim_group, members = m.group.name, m.group.members
+    if claim is not None and m is not None and _about(claim, m):
+        claim_group, members = m.group.name, _narrow(claim, m)
     elif claim is not None:
         claim_group, members = "no logs", []
     elif campaign is not None:
