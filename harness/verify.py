@@ -548,8 +548,10 @@ def _narrow(arm: ParsedBlock, m: _Match) -> list[_Entry]:
     return kept
 
 
-def _choose_claim(arms: list[ParsedBlock], best: dict[int, _Match | None]) -> int | None:
+def _choose_claim(arms: list[ParsedBlock], best: dict[int, _Match | None], campaign: bool = False) -> int | None:
     usable = [i for i, a in enumerate(arms) if not a.malformed and (a.has_lists or a.n is not None)]
+    if campaign and any(arms[i].kind == "block" for i in usable):
+        usable = [i for i in usable if arms[i].kind == "block"]  # record.md's runs table restates the block
     if not usable:
         return None
     roles = {i: _role(arms[i]) for i in usable}
@@ -916,7 +918,7 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
     arms, writeup_checks = _load_arms(root, found.writeups)
     groups = _groups(entries, campaign is not None)
     best = {i: _best_match(a, groups) for i, a in enumerate(arms) if not a.malformed}
-    claim_bi = _choose_claim(arms, best)
+    claim_bi = _choose_claim(arms, best, campaign is not None)
     claim = arms[claim_bi] if claim_bi is not None else None
     m = best.get(claim_bi) if claim is not None else None
     if claim is not None and m is not None and _about(claim, m):
