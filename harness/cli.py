@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-p", action="store_true", help="omit the t-test line (re-timed previous record style)")
 
     v = sub.add_parser("verify", help="recompute a record's claims from its logs, check by check")
-    v.add_argument("path", help="a campaign folder or a folder of competition logs")
+    v.add_argument("path", nargs="?", help="a campaign folder or a folder of competition logs")
+    v.add_argument("--each", metavar="FOLDER", help="verify every record folder under FOLDER, one line each")
     v.add_argument("--target", type=float, help="target loss when the folder does not say")
-    v.add_argument("--alpha", type=float, default=None, help="significance level (default 0.01)")
+    v.add_argument("--alpha", type=float, default=None, help="significance level in (0, 0.5] (default 0.01)")
 
     rep = sub.add_parser("report", help="rewrite record.md and plots of a campaign and print its summary")
     rep.add_argument("campaign")
@@ -172,8 +173,12 @@ def dispatch(args: argparse.Namespace) -> int:
         print(render_block(args.losses, args.times, args.target, with_p=not args.no_p), end="")
         return 0
     if args.command == "verify":
-        from harness.verify import cmd_verify
+        from harness.verify import cmd_verify, cmd_verify_each
 
+        if (args.path is None) == (args.each is None):
+            raise HarnessError("verify takes a folder, or --each FOLDER (not both)")
+        if args.each is not None:
+            return cmd_verify_each(args.each, target=args.target, alpha=args.alpha)
         return cmd_verify(args.path, target=args.target, alpha=args.alpha)
     if args.command == "report":
         from harness.report import cmd_report

@@ -24,6 +24,7 @@ embedded source contains its own f-strings ("step:{step}/...") and `"=" * 100` e
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 import re
@@ -59,6 +60,53 @@ _WARMUP_RESET_MAX_STEP = 11
 
 _MAX_EXAMPLES = 3  # unknown lines quoted in problems
 
+# A log file larger than this is refused unread: the largest real record log is 1.6 MB, so 64 MiB is far above
+# any real one and keeps a hostile folder from exhausting memory.
+MAX_LOG_BYTES = 64 << 20
+
+# Lines the competition's record scripts print between (and around) the step lines: part of the format, not
+# problems. Seen in records/track_1_short and track_2_medium (2024-2026).
+_KNOWN_LINE_RES = [re.compile(p) for p in (
+    r"^Compiling model and warming up kernels \(~\d+ minutes? on first execution\)$",
+    r"^Resetting Model$",
+    r"^Sampling steps \[[\d, ]*\]? ?(?:for warmup)?$",  # the list can wrap onto following lines
+    r"^[\d, ]+\] for warmup$",  # the end of a wrapped `Sampling steps [...]` line
+    r"^[\d, ]+,$",  # the middle of a wrapped `Sampling steps [...]` line
+    r"^Warmup step \d+/\d+$",
+    r"^\d+$",  # the medium script prints a stray number (`74`) right after the header
+    r"^Model parameters:$",
+    r"^(?:Total|Embedding|Non-embedding) parameters: [\d,]+$",
+    r"^[\w.]+: torch\.Size\(\[[\d, ]*\]\) torch\.\w+(?: \S+)*$",  # the parameter listing of some records
+    r"^Bucket \d+: \d+ params, [\d.]+ MB$",
+    r"^Created \d+ gradient buckets$",
+    r"^Registering bucketed gradient hooks\.\.\.$",
+    r"^inductor_output_code: \S+$",
+    r"^W\d{4} [\d:.]+ \d+ torch/distributed/run\.py:\d+\]",  # torchrun's OMP_NUM_THREADS warning
+    r"^\*{10,}$",
+    r"^(?:Training|Validation) DataLoader: total number of tokens: \d+ across \d+ files?$",  # 2024 scripts
+    r"^=+$",  # 2024 scripts close the data-loader lines with a shorter rule of '='
+)]
+
+
+class ProblemKind(enum.Enum):
+    """What is wrong with a log, for code to act on (verify checks kinds, never message text)."""
+
+    NO_STEPS = "no step lines"
+    CUT_OFF = "cut off before the final line"
+    SEVERAL_FINALS = "more than one final val_loss line"
+    NON_FINITE = "non-finite loss"
+    NOT_MONOTONIC = "steps or train_time go backwards"
+    STEP_AVG = "step_avg does not fit train_time"
+    UNKNOWN_LINES = "unrecognized lines"
+    NOT_UTF8 = "not valid UTF-8"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    message: str  # one line, for people
+    line: int | None = None  # 1-based line in the log, where one line is to blame
+
 
 @dataclass
 class StepLine:
@@ -91,14 +139,26 @@ class ParsedLog:
     peak_memory_allocated_mib: int | None
     peak_memory_reserved_mib: int | None
     reached_final: bool  # a `step:N/N val_loss:` line exists
-    problems: list[str]
+    issues: list[Problem]  # what is wrong, by kind
     final_val_loss_text: str | None = None  # the final val_loss exactly as printed
     driver_version: str | None = None  # from the nvidia-smi banner
-    unknown_lines: int = 0  # lines after the header that are neither step nor memory lines
-    monotonic_problems: list[str] = field(default_factory=list)  # the subset of problems check_monotonic gave
+    unknown_lines: int = 0  # lines after the header that are neither step, memory nor known banner lines
+    known_lines: int = 0  # the scripts' standard banner lines (warm-up, sampled steps, reset, ...)
     notes: list[str] = field(default_factory=list)  # facts about the format worth showing, not problems
     # `diagnostic:` lines: the script ran with a switch that leaves its recipe (our short track prints one)
     diagnostics: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        """The issues as one line each (run.json's log_problems)."""
+        return [p.message for p in self.issues]
+
+    def problems_of(self, kind: ProblemKind) -> list[Problem]:
+        return [p for p in self.issues if p.kind is kind]
+
+    @property
+    def monotonic_problems(self) -> list[str]:
+        return [p.message for p in self.problems_of(ProblemKind.NOT_MONOTONIC)]
 
     @property
     def nonfinite(self) -> list[str]:
@@ -133,6 +193,7 @@ class ParsedLog:
             "peak_memory_reserved_mib": self.peak_memory_reserved_mib,
             "reached_final": self.reached_final,
             "unknown_lines": self.unknown_lines,
+            "known_lines": self.known_lines,
             "diagnostics": list(self.diagnostics),
             "problems": list(self.problems),
             "notes": list(self.notes),
@@ -216,12 +277,22 @@ def _split_layout(text: str, lines: list[str]) -> tuple[str | None, int, int, in
         # nothing, so the text in between is the source exactly.
         source = text[offsets[1]:offsets[opening]]
     elif opening > 0:
-        # print0(code) added one '\n' after the source.
         before = text[:offsets[opening]]
-        source = before[:-1] if before.endswith("\n") else before
+        if _WRITES_CODE_RAW.search(before) and not _PRINTS_CODE.search(before):
+            # Late 2024: the script's own f.write(code) put the separator right after the source's last
+            # newline, which belongs to the source (its hash must equal the script file's).
+            source = before
+        else:
+            # print0(code) added one '\n' after the source.
+            source = before[:-1] if before.endswith("\n") else before
     else:
         source = None  # a header with no source before it
     return source, opening + 1, header_end, body_start
+
+
+# How the embedded script wrote itself into the log (its own text says so).
+_WRITES_CODE_RAW = re.compile(r"^\s*f\.write\(code\)", re.M)
+_PRINTS_CODE = re.compile(r"^\s*print0\(code\b", re.M)
 
 
 def _parse_header(header: list[str]) -> dict:
@@ -243,21 +314,52 @@ def _parse_header(header: list[str]) -> dict:
 def check_monotonic(parsed: ParsedLog) -> list[str]:
     """Steps that go backwards, train_time that decreases, a total that changes. A train line followed by
     the val line of the same step is the format (equal step numbers are fine)."""
+    return [p.message for p in _monotonic_problems(parsed.steps)]
+
+
+def _monotonic_problems(steps: list[StepLine]) -> list[Problem]:
     problems = []
     prev = None
-    for s in parsed.steps:
+    for s in steps:
         if prev is not None:
+            def add(message: str) -> None:
+                problems.append(Problem(ProblemKind.NOT_MONOTONIC, f"line {s.line_no}: {message}", s.line_no))
+
             if s.total != prev.total:
-                problems.append(f"line {s.line_no}: total steps change from {prev.total} to {s.total}")
+                add(f"total steps change from {prev.total} to {s.total}")
             if s.step < prev.step:
-                problems.append(f"line {s.line_no}: step goes backwards ({prev.step} -> {s.step})")
+                add(f"step goes backwards ({prev.step} -> {s.step})")
             if s.train_time_ms < prev.train_time_ms and not _is_warmup_reset(s):
-                problems.append(
-                    f"line {s.line_no}: train_time decreases at step {s.step} "
-                    f"({prev.train_time_ms:g}ms -> {s.train_time_ms:g}ms)"
-                )
+                add(f"train_time decreases at step {s.step} ({prev.train_time_ms:g}ms -> {s.train_time_ms:g}ms)")
         prev = s
     return problems
+
+
+# step_avg is train_time divided by the steps timed so far: the step number (2025 on), or the step less the
+# 10 untimed warm-up steps (2024). Printed with 2 decimals against a whole-ms train_time, so a line fits when
+# |train_time - step_avg * d| <= 0.005 * d + 0.5. Every step line of the 1,531 real record logs fits one of
+# them; an edited train_time (tens of ms) does not. Early steps are left out (timer resets, nan averages).
+_STEP_AVG_DIVISORS = {"step": 0, "step - 10": 10}
+_STEP_AVG_FROM_STEP = 12
+
+
+def _step_avg_problems(steps: list[StepLine]) -> list[Problem]:
+    checked = [s for s in steps if s.step >= _STEP_AVG_FROM_STEP and s.step_avg_ms is not None
+               and math.isfinite(s.step_avg_ms) and math.isfinite(s.train_time_ms)]
+    if not checked:
+        return []
+
+    def misfits(offset: int) -> list[StepLine]:
+        return [s for s in checked
+                if abs(s.train_time_ms - s.step_avg_ms * (s.step - offset)) > 0.005 * (s.step - offset) + 0.5 + 1e-6]
+
+    best = min((misfits(o) for o in _STEP_AVG_DIVISORS.values()), key=len)
+    if not best:
+        return []
+    s = best[0]
+    more = f" (+{len(best) - 1} more lines)" if len(best) > 1 else ""
+    return [Problem(ProblemKind.STEP_AVG, f"line {s.line_no}: step:{s.step} train_time:{s.train_time_ms:g}ms does "
+                    f"not fit its step_avg:{s.step_avg_ms:g}ms (train_time / steps timed){more}", s.line_no)]
 
 
 def _is_warmup_reset(s: StepLine) -> bool:
@@ -275,6 +377,7 @@ def parse_log(text: str) -> ParsedLog:
 
     steps: list[StepLine] = []
     unknown: list[tuple[int, str]] = []
+    known = 0
     peak_alloc = peak_reserved = None
     for i in range(body_start, len(lines)):
         line = lines[i].rstrip("\r").strip()
@@ -288,6 +391,8 @@ def parse_log(text: str) -> ParsedLog:
             peak_alloc, peak_reserved = int(m.group(1)), int(m.group(2))
         elif m := _PEAK_OLD_RE.match(line):
             peak_alloc = int(m.group(1))
+        elif any(r.match(line) for r in _KNOWN_LINE_RES):
+            known += 1
         else:
             unknown.append((i + 1, line))
 
@@ -311,33 +416,41 @@ def parse_log(text: str) -> ParsedLog:
         peak_memory_allocated_mib=peak_alloc,
         peak_memory_reserved_mib=peak_reserved,
         reached_final=final is not None,
-        problems=[],
+        issues=[],
         final_val_loss_text=final.val_loss_text if final else None,
         driver_version=info["driver"],
         unknown_lines=len(unknown),
+        known_lines=known,
         diagnostics=[line for _, line in unknown if line.startswith("diagnostic:")],
     )
 
-    problems = parsed.problems
+    issues = parsed.issues
+
+    def problem(kind: ProblemKind, message: str, line: int | None = None) -> None:
+        issues.append(Problem(kind, message, line))
+
     if not steps:
-        problems.append("no step lines (`step:N/T ... train_time:...ms`) found")
+        problem(ProblemKind.NO_STEPS, "no step lines (`step:N/T ... train_time:...ms`) found")
     elif final is None:
         last = steps[-1]
         where = f"last step line is step:{last.step}/{last.total} at line {last.line_no}"
         tail = lines[-1].strip() if lines and lines[-1].strip() else None
         if tail and _parse_step_line(tail, len(lines)) is None and not _PEAK_NEW_RE.match(tail):
             where += f", then an incomplete last line {tail[:60]!r}"
-        problems.append(f"cut off: no final `step:{last.total}/{last.total} val_loss:` line ({where})")
+        problem(ProblemKind.CUT_OFF, f"cut off: no final `step:{last.total}/{last.total} val_loss:` line ({where})",
+                last.line_no)
     if len(finals) > 1:
-        problems.append(f"{len(finals)} final val_loss lines; the last one (line {final.line_no}) is used")
+        problem(ProblemKind.SEVERAL_FINALS,
+                f"{len(finals)} final val_loss lines; the last one (line {final.line_no}) is used", final.line_no)
     bad = parsed.nonfinite
     if bad:
-        problems.append(f"non-finite loss on {len(bad)} step line(s), first: {bad[0]}")
-    parsed.monotonic_problems = check_monotonic(parsed)
-    problems.extend(parsed.monotonic_problems)
+        problem(ProblemKind.NON_FINITE, f"non-finite loss on {len(bad)} step line(s), first: {bad[0]}")
+    issues.extend(_monotonic_problems(steps))
+    issues.extend(_step_avg_problems(steps))
     if unknown:
         examples = "; ".join(f"line {n}: {t[:60]!r}" for n, t in unknown[:_MAX_EXAMPLES])
-        problems.append(f"{len(unknown)} unrecognized line(s) after the header ignored ({examples})")
+        problem(ProblemKind.UNKNOWN_LINES, f"{len(unknown)} unrecognized line(s) after the header ignored ({examples})",
+                unknown[0][0])
     if any(_is_warmup_reset(b) and a.train_time_ms > b.train_time_ms for a, b in zip(steps, steps[1:])):
         parsed.notes.append("train_time restarts after the warm-up steps (2024 scripts excluded steps 1-10)")
     return parsed
@@ -347,6 +460,9 @@ def parse_log_file(path) -> ParsedLog:
     """Read and parse a log file; a missing, unreadable or binary file is one clear HarnessError."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_LOG_BYTES:
+            raise HarnessError(f"{path}: {size} bytes, larger than any log ({MAX_LOG_BYTES} bytes at most); not read")
         data = path.read_bytes()
     except FileNotFoundError:
         raise HarnessError(f"{path}: no such file") from None
@@ -364,7 +480,7 @@ def parse_log_file(path) -> ParsedLog:
         replaced = text.count("\ufffd")
     parsed = parse_log(text)
     if replaced:
-        parsed.problems.append(
-            f"not valid UTF-8 ({replaced} undecodable byte sequence(s) replaced; the source hash is unreliable)"
-        )
+        parsed.issues.append(Problem(
+            ProblemKind.NOT_UTF8,
+            f"not valid UTF-8 ({replaced} undecodable byte sequence(s) replaced; the source hash is unreliable)"))
     return parsed

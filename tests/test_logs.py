@@ -64,9 +64,9 @@ def test_real_2026_log_header_and_result():
     assert (p.peak_memory_allocated_mib, p.peak_memory_reserved_mib) == (30704, 46558)
     assert p.val_curve == [(0, 10.8284), (250, 4.5838), (1575, 3.2767)]
     assert p.steps[0].step_avg_ms == 0.03 and p.steps[0].train_loss is None
-    # the three lines printed before step 0 are ignored and counted, not fatal
-    assert p.unknown_lines == 3
-    assert any("3 unrecognized line(s)" in s and "Resetting Model" in s for s in p.problems)
+    # the three banner lines printed before step 0 are the competition's format, not problems
+    assert p.unknown_lines == 0 and p.known_lines == 3
+    assert p.problems == []
     assert check_monotonic(p) == []
 
 
@@ -153,7 +153,8 @@ def test_stdout_capture_with_debug_lines_and_old_peak_memory():
     assert p.source is None
     assert p.reached_final and p.final_val_loss == 4.987654 and p.final_train_time_ms == 3763.0
     assert p.peak_memory_allocated_mib == 31221 and p.peak_memory_reserved_mib is None
-    assert p.unknown_lines == 5  # 3 lines before step 0, a DEBUG line, a torch warning
+    # the device line, a DEBUG line, a torch warning; the two DataLoader lines are the 2024 scripts' format
+    assert p.unknown_lines == 3 and p.known_lines == 2
     assert p.val_curve == [(0, 10.9562), (20, 5.901234), (40, 4.987654)]
     assert check_monotonic(p) == []
 
@@ -265,5 +266,52 @@ def test_to_dict_is_json_without_source():
     p = parse_log_file(VEFUSED_0)
     d = json.loads(json.dumps(p.to_dict()))
     assert d["source_sha256"] == p.source_sha256 and d["final_val_loss"] == 3.2767
-    assert d["step_lines"] == len(p.steps) and d["unknown_lines"] == 3 and d["gpus"] == p.gpus
+    assert d["step_lines"] == len(p.steps) and d["unknown_lines"] == 0 and d["known_lines"] == 3 and d["gpus"] == p.gpus
     assert "Placeholder source" not in json.dumps(d)
+
+
+# --- the competition's formats (issue 12 item 6, issue 14) ------------------------------------------------
+
+from harness.logs import ProblemKind  # noqa: E402
+
+
+def test_late_2024_layout_keeps_the_sources_last_newline(tmp_path):
+    """Late-2024 scripts f.write(code) and then the separator: no blank line, and the source's own last
+    newline belongs to it (the hash must equal the script file's)."""
+    script = "import os\nwith open(sys.argv[0]) as f:\n    code = f.read()\nf.write(code)\nprint('done')\n"
+    text = script + SEPARATOR + "\n" + SMALL_HEADER + SEPARATOR + "\n" + SMALL_BODY
+    p = parse_log(text)
+    assert p.source == script and p.source_sha256 == hashlib.sha256(script.encode()).hexdigest()
+    # the print0(code) layout drops exactly the newline print added
+    assert parse_log(print0_log("print0(code)\nx = 1\n")).source == "print0(code)\nx = 1\n"
+
+
+def test_banner_lines_are_known_and_only_unknown_lines_are_reported():
+    banner = ("74\nCompiling model and warming up kernels (~7 minutes on first execution)\n"
+              "Sampling steps [0, 1, 2, 391, 392,\n 393, 783] for warmup\nResetting Model\n"
+              "Training DataLoader: total number of tokens: 900000000 across 9 files\n"
+              "Warmup step 3/30\nsomething else entirely\n")
+    p = parse_log(print0_log("x = 1\n", body=banner + SMALL_BODY))
+    assert p.known_lines == 7 and p.unknown_lines == 1
+    (unknown,) = p.problems_of(ProblemKind.UNKNOWN_LINES)
+    assert "something else entirely" in unknown.message and unknown.line is not None
+
+
+def test_problems_carry_kinds():
+    cut = parse_log_file(FIX / "variant_cut_off.txt")
+    assert cut.issues[0].kind is ProblemKind.CUT_OFF and cut.issues[0].line is not None
+    assert parse_log("hello\n").issues[0].kind is ProblemKind.NO_STEPS
+    edited = SMALL_BODY.replace("step:3/3 val_loss:3.2775 train_time:160ms", "step:3/3 val_loss:3.2775 train_time:150ms")
+    assert parse_log(edited).problems == []  # steps below 12 are not checked (timer resets, nan averages)
+
+
+def test_step_avg_must_fit_train_time():
+    lines = [f"step:{s}/40 train_time:{s * 50}ms step_avg:50.00ms" for s in range(12, 41)]
+    lines.append("step:40/40 val_loss:3.2800 train_time:2000ms step_avg:50.00ms")
+    assert parse_log("\n".join(lines) + "\n").problems == []
+    lines[-1] = "step:40/40 val_loss:3.2800 train_time:2030ms step_avg:50.00ms"  # edited by 30 ms
+    (bad,) = parse_log("\n".join(lines) + "\n").issues
+    assert bad.kind is ProblemKind.STEP_AVG and "step:40" in bad.message
+    late_2024 = [f"step:{s}/40 train_time:{(s - 10) * 50}ms step_avg:50.00ms" for s in range(12, 41)]
+    late_2024.append("step:40/40 val_loss:3.2800 train_time:1500ms step_avg:50.00ms")
+    assert parse_log("\n".join(late_2024) + "\n").problems == []  # 2024: the 10 warm-up steps are not timed

@@ -117,3 +117,68 @@ def test_stats_command_bad_input_is_one_line():
     r = run_cli("stats", "--target", "3.28", "--losses", "3.1,abc", "--times", "1,2")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# --- torch's printing reproduced without torch; the write-up forms -----------------------------------------
+
+from harness.record_block import parse_writeup, printed_ok, std_mean  # noqa: E402
+
+
+def _random_lists():
+    import random
+
+    rng = random.Random(7)
+    out = [[3.0, 3.0], [98.0, 98.0, 98.0], [1.0], [2.9165, 2.9166]]
+    for _ in range(400):
+        base = rng.choice([3.28, 2.92, 97.8, 1041.0, 1e-5, 150.0])
+        out.append([round(base + rng.gauss(0, rng.choice([1e-3, 0.1, 1.0])), rng.choice([3, 4, 6]))
+                    for _ in range(rng.randint(1, 40))])
+    return out
+
+
+def test_std_mean_prints_exactly_as_torch_does():
+    """The pure-Python float32 torch.std_mean and its printing against real torch: random lists, edge cases
+    (one value, whole numbers, 1e-5 scale) and every list of the seed blocks."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    lists = _random_lists()
+    for f in SEED_FILES:
+        for b in parse_writeup(f.read_text(), f.name):
+            lists += [x for x in (b.losses, b.times) if x]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for values in lists:
+            assert std_mean(values)[2] == str(torch.std_mean(torch.tensor(values))), values
+
+
+def test_a_printed_number_on_a_rounding_edge_is_accepted_either_way():
+    # exact std 0.061850000001: torch 2.13 prints 0.0619, an older float32 summation printed 0.0618
+    assert printed_ok("0.0619", 0.0619, 0.061850000001, 106.0)
+    assert printed_ok("0.0618", 0.0619, 0.061850000001, 106.0)
+    assert not printed_ok("0.0617", 0.0619, 0.061850000001, 106.0)
+    assert not printed_ok("0.0618", 0.0619, 0.0619, 106.0)  # not on an edge: only the correct rounding
+
+
+def test_writeup_forms_are_read():
+    text = ("**Current WR:**\n\n```\n>>> accs = [3.2790, 3.2781]\n>>> print(torch.std_mean(torch.tensor(accs)))\n"
+            "(tensor(0.0006), tensor(3.2785))\n```\n\n```\nBaseline:\n  losses = [3.2801, 3.2799]\n  times  = [90.1, 90.2]\n"
+            "This PR:\n  losses = [3.2771,\n    3.2779]\n  times  = [88.1, 88.2]\n# p=0.0123 (significant)\n```\n\n"
+            "| | n | mean val_loss | p(mean<3.28) |\n|---|---|---|---|\n| this PR | 2 | 3.2775 | 0.01 |\n\n"
+            "val_loss: [3.2791,3.2778]\np-value: 0.006\ntimes: [87696ms,87967ms]\n")
+    arms = parse_writeup(text, "README.md")
+    assert [(a.kind, a.label) for a in arms] == [("block", None), ("block", "Baseline"), ("block", "This PR"),
+                                                ("summary", "this PR"), ("text", None)]
+    assert arms[0].printed_text == {"loss_std": "0.0006", "loss_mean": "3.2785"} and arms[0].context.endswith("Current WR:**")
+    assert arms[2].losses == [3.2771, 3.2779] and arms[2].printed_text == {"p": "0.0123"}
+    assert arms[3].n == 2 and arms[3].printed_text["p"] == "0.01" and arms[3].target == 3.28
+    assert arms[4].times == [87.696, 87.967] and arms[4].printed_text["p"] == "0.006"
+
+
+@pytest.mark.hostile
+def test_malformed_and_non_finite_parts_are_returned_not_raised():
+    arms = parse_writeup("```\nlosses = [3.27, oops]\n```\n```\nlosses = [nan, 3.28]\ntimes = [1, inf]\n```\n"
+                         "```\nlosses = [3.27,\n", "x.md")
+    assert "'oops'" in arms[0].malformed
+    assert arms[1].nonfinite == ["nan", "inf"]
+    assert "never closed" in arms[2].malformed

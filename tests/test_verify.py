@@ -15,7 +15,8 @@ from harness.errors import HarnessError
 from harness.logs import parse_log_file
 from harness.record_block import render_block
 from harness.verify import (C_BLOCK, C_EXCLUDED, C_FINAL, C_LISTS, C_LOGS, C_MONOTONIC, C_OTHER_LOGS, C_P,
-                            C_PRINTED, C_RECIPE, C_SCHEDULE, C_SCRIPT, C_SEQUENTIAL, C_SOURCE, C_TARGET,
+                            C_PRINTED, C_RECIPE, C_SCHEDULE, C_SCRIPT, C_SEQUENTIAL, C_SOURCE, C_STEP_AVG,
+                            C_TARGET, C_WRITEUP,
                             cmd_verify,
                             verify_path)
 
@@ -136,16 +137,25 @@ def test_crashed_log_left_beside_the_others_fails(record):
 def test_non_monotonic_times_fail(record):
     edit(record / SECOND, "step:1570/1575 train_time:97261ms", "step:1570/1575 train_time:90261ms")
     r = verify_path(record)
-    assert failing(r) == {C_MONOTONIC}
+    assert failing(r) == {C_MONOTONIC, C_STEP_AVG}  # the line's own step_avg no longer fits it either
     assert SECOND in r.check(C_MONOTONIC).detail and "step 1570" in r.check(C_MONOTONIC).detail
 
 
 def test_different_source_in_one_log_is_named(record):
-    edit(record / SECOND, "# Placeholder source written", "# Placeholder source, edited,")
+    edit(record / SECOND, "ms/max(step, 1)", "ms/max(step, 2)")
     r = verify_path(record)
     assert failing(r) == {C_SOURCE}
     detail = r.check(C_SOURCE).detail
     assert detail.startswith("6 logs share code") and SECOND in detail and FIRST not in detail
+    assert "max(step, 2)" in detail  # the differing line is named
+
+
+def test_comment_and_whitespace_only_differences_are_the_same_code(record):
+    edit(record / SECOND, "# Placeholder source written", "# Placeholder source, edited,")
+    edit(record / SECOND, "def log_step(step, total, loss, ms):", "def log_step(step,total,  loss, ms):  # why")
+    r = verify_path(record)
+    assert r.ok, failing(r)
+    assert "only in comments or whitespace" in r.check(C_SOURCE).detail
 
 
 def test_script_file_hash(record):
@@ -243,13 +253,21 @@ def test_folder_without_block_fails_but_recomputes(record):
     assert r.check(C_P).ok and r.claim_block_index is None
 
 
-def test_unreadable_block_is_one_clear_error(record):
-    edit(record / "README.md", "losses = [3.2767,", "losses = [3.2767, oops,")
-    with pytest.raises(HarnessError, match="README.md"):
-        verify_path(record)
-    (record / "README.md").write_bytes(b"\xff\xfe not utf-8 ```")
-    with pytest.raises(HarnessError, match="not UTF-8"):
-        verify_path(record)
+@pytest.mark.hostile
+def test_a_malformed_block_is_reported_and_the_rest_checked(record):
+    readme = record / "README.md"
+    readme.write_text(readme.read_text() + "\n```\nlosses = [3.2767, oops]\ntimes = [1.0, 2.0]\n```\n")
+    r = verify_path(record)
+    (bad,) = [c for c in r.checks if c.ok is False]
+    assert bad.name.startswith("block 3 (README.md line") and "malformed" in bad.detail and "'oops'" in bad.detail
+    assert r.check(C_LISTS).ok and r.check(C_P).ok  # the claim is still found and checked
+
+
+@pytest.mark.hostile
+def test_a_write_up_that_is_not_utf8_is_one_failing_check(record):
+    (record / "notes.md").write_bytes(b"\xff\xfe not utf-8 ```")
+    r = verify_path(record)
+    assert failing(r) == {C_WRITEUP} and "notes.md: not UTF-8" in r.check(C_WRITEUP).detail
 
 
 # --- campaign folders -----------------------------------------------------------------------------------
