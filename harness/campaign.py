@@ -35,7 +35,7 @@ from harness.env import campaign_env
 from harness.errors import HarnessError
 from harness.fsio import (is_disk_full, read_json, release_space, remove_stale_tmp, reserve_space, sha256_file,
                           write_json_atomic)
-from harness.lock import campaign_lock
+from harness.lock import campaign_lock, refuse_if_owned
 from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_processes, run_tag,
                            signals_held)
 from harness.preflight import check_arms
@@ -119,6 +119,7 @@ def new_campaign_dir(track_name: str, out: str | Path | None = None) -> Path:
     if out is not None:
         d = Path(out)
         if (d / "campaign.json").exists():
+            refuse_if_owned(d)  # a live campaign: name its owner
             raise HarnessError(f"{d} already holds a campaign: use --resume {d} to finish it, or another --out")
         return d
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -32,6 +32,25 @@ def _owner_text(raw: bytes) -> str:
         return "a process that has not said who it is yet"
 
 
+def _refusal(folder: Path, fd: int) -> HarnessError:
+    return HarnessError(f"{folder} is in use by another speedrun ({_owner_text(os.pread(fd, 4096, 0))}): wait for "
+                        f"it to finish, or stop it and then 'speedrun run --resume {folder}'")
+
+
+def refuse_if_owned(folder: str | os.PathLike) -> None:
+    """Raise campaign_lock's refusal when a live process owns folder; nothing (and nothing written) if none."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _refusal(Path(folder), fd) from None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def campaign_lock(folder: str | os.PathLike) -> Iterator[dict]:
     """Hold the folder's lock for the body, or raise HarnessError naming the process that holds it."""
@@ -45,9 +64,7 @@ def campaign_lock(folder: str | os.PathLike) -> Iterator[dict]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raw = os.pread(fd, 4096, 0)
-            raise HarnessError(f"{folder} is in use by another speedrun ({_owner_text(raw)}): wait for it to "
-                               f"finish, or stop it and then 'speedrun run --resume {folder}'") from None
+            raise _refusal(folder, fd) from None
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "command": sys.argv}

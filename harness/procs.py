@@ -26,6 +26,7 @@ KILL_GRACE_S = 10.0
 GRACE_ENV_VAR = "SPEEDRUN_KILL_GRACE_S"
 _TAG_PREFIX = RUN_TAG_VAR.encode() + b"="
 _PROC = Path("/proc")
+_holding = False  # signals_held is active
 
 
 def kill_grace_s() -> float:
@@ -170,8 +171,9 @@ def end_processes(find: Callable[[], set[int]], grace_s: float | None = None) ->
 def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive inside are noted, not raised, so clean-up runs to its end; one that
     arrived is raised as KeyboardInterrupt afterwards (unless an exception is already on its way)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    global _holding
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield  # nested: the outermost one holds and raises
         return
     pending: list[int] = []
 
@@ -182,9 +184,11 @@ def signals_held() -> Iterator[None]:
         pending.append(signum)
 
     old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _holding = True
     try:
         yield
     finally:
+        _holding = False
         for sig, handler in old.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     if pending:
