@@ -121,6 +121,18 @@ def test_markup_in_a_campaign_folder_name_is_shown_literally(tmp_path):
     assert f"campaign {out.name} (complete)" in r.stdout  # the table's title, as text
 
 
+@pytest.mark.hostile
+def test_markup_in_a_track_toml_pin_is_shown_literally(tmp_path):
+    folder = tmp_path / "trk"
+    folder.mkdir()
+    (folder / "train.py").write_text("print('step:1/1 val_loss:1.0 train_time:1ms')\n")
+    (folder / "track.toml").write_text('name = "trk"\nscript = "train.py"\nnproc = 1\ntarget = 1.0\n'
+                                       '[pins]\ntorch = "[/bold]9.9[link=http://evil.example]"\n')
+    r = run_cli("env", "--check", folder, env={"COLUMNS": "400"})
+    assert r.returncode == 1, r.stderr  # not record-grade: the pin does not match
+    assert "Traceback" not in r.stderr and "[/bold]9.9[link=http://evil.example]" in r.stdout
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 2. One owner per campaign folder
 
