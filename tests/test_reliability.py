@@ -19,6 +19,8 @@ from conftest import FIXTURES, REPO, run_cli
 from harness.campaign import load_runs, make_arm, run_campaign
 
 FAKE = FIXTURES / "fake_track"
+# Every run finished; 4 when one or two runs of the fake track do not make the claim (not the point here).
+ALL_RUNS_FINISHED = (0, 4)
 
 # A training script of our own in the log protocol. When TEST_FLAG names a file that exists, run
 # TEST_RUN (default 0) first does `{active}` (the fault under test); without the flag it is a normal run.
@@ -117,7 +119,7 @@ def test_markup_in_a_runs_output_is_shown_literally(tmp_path, last_line):
 def test_markup_in_a_campaign_folder_name_is_shown_literally(tmp_path):
     out = tmp_path / "c[bold]am[link=http:evil.example]p"  # a file name cannot hold a closing tag's "/"
     r = run_cli("run", FAKE, "--runs", "1", "--out", out, "--no-telemetry", env={"COLUMNS": "400"})
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in ALL_RUNS_FINISHED, r.stderr
     assert f"campaign {out.name} (complete)" in r.stdout  # the table's title, as text
 
 
@@ -160,7 +162,7 @@ def test_a_second_harness_on_a_live_campaign_is_refused(tmp_path):
     finally:
         flag.unlink()
     _, err = owner.communicate(timeout=120)
-    assert owner.returncode == 0, err
+    assert owner.returncode in ALL_RUNS_FINISHED, err
     assert [r["status"] for r in load_runs(out)] == ["ok", "ok"]
 
 
@@ -185,10 +187,10 @@ def test_resume_ends_what_a_killed_harness_left_running(tmp_path):
     assert alive(child)  # the run outlived its harness
     flag.unlink()  # the resumed runs are normal ones
     r = run_cli("run", "--resume", out, "--quiet", "--no-telemetry")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in ALL_RUNS_FINISHED, r.stderr
     assert not alive(child)
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("resume: ended")]
-    assert f"pid {child}" in line
+    assert str(child) in line.split("(pid ")[1]  # torchrun and the script, K=1 included
     assert [x["status"] for x in load_runs(out)] == ["ok", "ok"]
 
 
@@ -318,7 +320,7 @@ def test_a_full_disk_stops_at_once_and_the_campaign_resumes(tmp_path, small_disk
     (out / "runs" / "1" / "output.txt").unlink()
     flag.unlink()
     again = run_cli("run", "--resume", out, "--quiet", "--no-telemetry")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode in ALL_RUNS_FINISHED, again.stderr
     assert (out / "runs" / "0" / "run.json").read_bytes() == first  # nothing finished was touched
     assert [x["status"] for x in load_runs(out)] == ["ok"] * 3
 
@@ -339,7 +341,7 @@ def test_a_run_whose_writes_get_enospc_is_interrupted_not_failed(tmp_path):
     first = (out / "runs" / "0" / "run.json").read_bytes()
     flag.unlink()
     again = run_cli("run", "--resume", out, "--quiet", "--no-telemetry")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode in ALL_RUNS_FINISHED, again.stderr
     assert (out / "runs" / "0" / "run.json").read_bytes() == first
     assert [x["status"] for x in load_runs(out)] == ["ok", "ok"]
 
@@ -447,7 +449,7 @@ def test_stats_block_of_extreme_but_finite_numbers_is_valid_python():
 def _finished_campaign(tmp_path) -> Path:
     out = tmp_path / "c"
     r = run_cli("run", FAKE, "--runs", "2", "--out", out, "--quiet", "--no-telemetry")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in ALL_RUNS_FINISHED, r.stderr
     return out
 
 
@@ -489,7 +491,7 @@ def test_output_txt_holds_the_runs_bytes_exactly(tmp_path):
     script = make_script(tmp_path, after=f"sys.stdout.buffer.write({raw!r})\nsys.stdout.buffer.flush()")
     out = tmp_path / "c"
     r = run_cli("run", FAKE, "--script", script, "--runs", "1", "--out", out, "--quiet", "--no-telemetry")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in ALL_RUNS_FINISHED, r.stderr
     data = (out / "runs" / "0" / "output.txt").read_bytes()
     assert data.endswith(raw)
     assert data.split(b"\n", 1)[1].startswith(b"step:0/20 val_loss:")  # after the harness's header line only
