@@ -16,6 +16,7 @@ group, marks the campaign interrupted and keeps everything; `--resume` redoes on
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import math
 import os
 import re
@@ -32,7 +33,11 @@ from typing import Callable
 from harness import compile_cache, telemetry
 from harness.env import campaign_env
 from harness.errors import HarnessError
-from harness.fsio import read_json, sha256_file, write_json_atomic
+from harness.fsio import (is_disk_full, read_json, release_space, remove_stale_tmp, reserve_space, sha256_file,
+                          write_json_atomic)
+from harness.lock import campaign_lock, refuse_if_owned
+from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_processes, run_tag,
+                           signals_held)
 from harness.preflight import check_arms
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 
@@ -40,8 +45,14 @@ FORMAT_VERSION = 1
 FINISHED = ("ok", "failed")  # run statuses that resume keeps
 _STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
 _TRAIN_TIME_RE = re.compile(r"\btrain_time:(\d+(?:\.\d+)?)ms")
-KILL_GRACE_S = 10.0
 POLL_S = 0.25
+MAX_PENDING_LINE = 1 << 16  # a longer line without a newline is not a step line: only its tail is kept
+RESERVE_NAME = ".space-reserve"  # room to mark the campaign interrupted when the disk fills up (fsio.reserve_space)
+# Set by the harness for every run; --env must not override them (the seed comes from --seed-base).
+HARNESS_ENV = {"SPEEDRUN_SEED": "the harness gives run k the seed seed_base+k: use --seed-base",
+               "SPEEDRUN_RUN_INDEX": "the harness numbers the runs",
+               "SPEEDRUN_CAMPAIGN_ID": "the harness names the campaign",
+               RUN_TAG_VAR: "the harness marks every process of a run with it"}
 
 
 @dataclass
@@ -98,6 +109,8 @@ def parse_env_pairs(pairs: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise HarnessError(f"--env takes KEY=VALUE, got {item!r}")
+        if key in HARNESS_ENV:
+            raise HarnessError(f"--env {key}: the harness sets it for every run ({HARNESS_ENV[key]})")
         out[key] = value
     return out
 
@@ -106,6 +119,7 @@ def new_campaign_dir(track_name: str, out: str | Path | None = None) -> Path:
     if out is not None:
         d = Path(out)
         if (d / "campaign.json").exists():
+            refuse_if_owned(d)  # a live campaign: name its owner
             raise HarnessError(f"{d} already holds a campaign: use --resume {d} to finish it, or another --out")
         return d
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -133,6 +147,7 @@ class RunProgress:
     # a script that prints its step lines and also writes them to its log is read from both: the first sighting
     # of a line gives its time (the second comes up to a log poll later and would stretch the timed window)
     seen_step_lines: set = field(default_factory=set)
+    write_error: OSError | None = None  # output.txt could not be written (a full disk): the run is stopped
 
     def feed(self, line: str) -> None:
         self.last_output = time.time()
@@ -192,26 +207,13 @@ def launch_command(arm: Arm) -> list[str]:
             str(arm.script)]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Stop the run's whole process group (torchrun and every rank): TERM, a grace period, then KILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
-    _reap_group(proc)
-
-
-def _reap_group(proc: subprocess.Popen) -> None:
-    """Ranks can outlive the leader; none may hold the GPU into the next run."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+def _end_run(proc: subprocess.Popen, tag: str) -> int:
+    """End every process of the run (ranks, their children, whatever left the session) and reap the leader:
+    SIGTERM, the grace period, SIGKILL. A second Ctrl-C meanwhile cannot skip the SIGKILL. The leader's exit
+    code."""
+    with signals_held():
+        end_processes(lambda: run_processes(tag, proc.pid))
+        return proc.wait()
 
 
 def _log_files(run_dir: Path) -> list[Path]:
@@ -227,21 +229,24 @@ def run_log_path(run_dir: Path) -> Path:
 def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: str,
                 on_progress: Callable[[RunProgress], None] | None = None, telemetry: bool = True) -> dict:
     """Run one arm once in run_dir; return the run.json dict (also written). KeyboardInterrupt propagates
-    after the process group is stopped and an 'interrupted' run.json is written."""
+    after every process of the run is ended and an 'interrupted' run.json is written; so does an OSError of
+    a full disk (output.txt could not be written)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = launch_command(arm)
     env = run_environment(arm, seed, index, campaign_id)
+    tag = env[RUN_TAG_VAR] = run_tag(run_dir)  # inherited by every process of the run: procs finds them by it
     progress = RunProgress()
     sampler = _start_telemetry(run_dir, arm, env) if telemetry else None
     started = time.time()
     status, reason, returncode = "ok", None, None
     out_path = run_dir / "output.txt"
-    with open(out_path, "w", encoding="utf-8", buffering=1) as out:
-        out.write(f"# harness: {' '.join(cmd)}  (cwd={run_dir}, SPEEDRUN_SEED={seed})\n")
+    # output.txt holds the run's bytes exactly as written (undecodable and NUL bytes too); readers decode it
+    # leniently.
+    with open(out_path, "wb", buffering=0) as out:  # unbuffered: nothing is left to fail at close
+        _write_all(out, f"# harness: {' '.join(cmd)}  (cwd={run_dir}, SPEEDRUN_SEED={seed})\n".encode())
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace",
-                                bufsize=1)
-        reader = threading.Thread(target=_pump, args=(proc, out, progress), daemon=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        reader = threading.Thread(target=_pump, args=(proc.stdout, out, progress), daemon=True)
         reader.start()
         last_size = -1
         try:
@@ -255,6 +260,8 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                 if on_progress:
                     on_progress(progress)
                 now = time.time()
+                if progress.write_error:
+                    break
                 if progress.nonfinite:
                     status, reason = "failed", progress.nonfinite
                 elif now - started > arm.track.timeout_s:
@@ -263,26 +270,25 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                     status, reason = "failed", (f"hung: no new output for {arm.track.hang_timeout_s:.0f} s "
                                                 f"(last step seen {progress.step}/{progress.total})")
                 if status == "failed":
-                    _kill_group(proc)
                     break
         except KeyboardInterrupt:
-            _kill_group(proc)
-            reader.join(timeout=5)
-            _stop_telemetry(sampler)
-            result = {"index": index, "arm": arm.name, "seed": seed, "status": "interrupted",
-                      "reason": "interrupted (Ctrl-C or SIGTERM)", "started_unix": started,
-                      "ended_unix": time.time(),
-                      # a run cut short after its compile still tells how long the compile took, and from what
-                      "compile_warmup_s": compile_cache.compile_warmup_s(started, progress.first_step_unix,
-                                                                         progress.first_train_time_ms),
-                      "compile_cache": compile_cache.run_record(env)}
-            write_json_atomic(run_dir / "run.json", result)
+            with signals_held():
+                _end_run(proc, tag)
+                reader.join(timeout=5)
+                _stop_telemetry(sampler)
+                # a run cut short after its compile still tells how long the compile took, and from what
+                _write_interrupted(run_dir, arm, index, seed, started, "interrupted (Ctrl-C or SIGTERM)", {
+                    "compile_warmup_s": compile_cache.compile_warmup_s(started, progress.first_step_unix,
+                                                                       progress.first_train_time_ms),
+                    "compile_cache": compile_cache.run_record(env)})
             raise
-        returncode = proc.wait()
-        _reap_group(proc)
+        returncode = _end_run(proc, tag)  # also what a finished leader left behind
         reader.join(timeout=5)
     ended = time.time()
     _stop_telemetry(sampler)
+    if progress.write_error:
+        _write_interrupted(run_dir, arm, index, seed, started, f"{out_path}: {progress.write_error.strerror}")
+        raise progress.write_error
     result = _result_from_logs(run_dir, arm, index=index, seed=seed, status=status, reason=reason,
                                returncode=returncode, started=started, ended=ended, progress=progress, env=env)
     if telemetry:
@@ -291,10 +297,41 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
     return result
 
 
-def _pump(proc: subprocess.Popen, out, progress: RunProgress) -> None:
-    for line in proc.stdout:
-        out.write(line)
-        progress.feed(line)
+def _write_interrupted(run_dir: Path, arm: Arm, index: int, seed: int, started: float, reason: str,
+                       extra: dict | None = None) -> None:
+    """Best effort: a run without run.json is redone by --resume all the same."""
+    result = {"index": index, "arm": arm.name, "seed": seed, "status": "interrupted", "reason": reason,
+              "started_unix": started, "ended_unix": time.time(), **(extra or {})}
+    try:
+        write_json_atomic(run_dir / "run.json", result)
+    except OSError:
+        pass
+
+
+def _write_all(out, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+def _pump(stream, out, progress: RunProgress) -> None:
+    """Copy the run's output to output.txt byte for byte and feed its lines to the progress. A failed write
+    (a full disk) is noted for the main loop, which stops the run; the pipe is still drained meanwhile, so
+    the run never blocks on it and no false hang is reported."""
+    pending = b""
+    while chunk := stream.read1(1 << 16):
+        progress.last_output = time.time()
+        if progress.write_error is None:
+            try:
+                _write_all(out, chunk)
+            except OSError as e:
+                progress.write_error = e
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            progress.feed(line.decode("utf-8", errors="replace"))
+        pending = pending[-MAX_PENDING_LINE:]
+    if pending:
+        progress.feed(pending.decode("utf-8", errors="replace"))
 
 
 def _follow_log(log_files: list[Path], progress: RunProgress) -> None:
@@ -491,10 +528,9 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                  stop_rule: Callable[[list[dict]], str | None] | None = None, telemetry: bool = True,
                  resume: bool = False, kind: str = "run", seeds: list[int] | None = None,
                  extra: dict | None = None, quiet: bool = False) -> Path:
-    """Run `schedule` (arm names, in order) into out_dir. Returns out_dir. Raises KeyboardInterrupt after a
-    clean stop on Ctrl-C (campaign.json then says 'interrupted')."""
-    from harness import report
-
+    """Run `schedule` (arm names, in order) into out_dir, holding the folder's lock throughout. Returns
+    out_dir. Raises KeyboardInterrupt after a clean stop on Ctrl-C (campaign.json then says 'interrupted'),
+    and HarnessError when the folder has another owner or the disk fills up (then also 'interrupted')."""
     out_dir = Path(out_dir).resolve()
     by_name = {a.name: a for a in arms}
     unknown = sorted(set(schedule) - set(by_name))
@@ -502,35 +538,69 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
         raise HarnessError(f"schedule names unknown arms: {', '.join(unknown)}")
     seeds = seeds if seeds is not None else list(range(len(schedule)))
     preflight(arms)  # every command that runs a campaign (run, resume, compare, scaling) checks here
-    campaign_path = out_dir / "campaign.json"
-    if resume:
-        campaign = read_json(campaign_path)
-    else:
+    if not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
-        first = arms[0]
-        campaign = {
-            "format": FORMAT_VERSION,
-            "kind": kind,
-            "id": out_dir.name,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": sys.argv,
-            "track": first.track.to_dict(),
-            "arms": {a.name: a.to_dict() for a in arms},
-            "schedule": schedule,
-            "seeds": seeds,
-            "telemetry": telemetry,
-            "environment": environment_record(first),
-            "compile_cache": compile_cache.campaign_record(arms),
-            **(extra or {}),
-        }
-    campaign["status"] = "running"
-    campaign.pop("stop_reason", None)
-    write_json_atomic(campaign_path, campaign)
+    with campaign_lock(out_dir):
+        remove_stale_tmp(out_dir)  # of a harness killed mid-write; no other writer exists while we hold the lock
+        campaign_path = out_dir / "campaign.json"
+        if resume:
+            campaign = read_json(campaign_path)
+            if campaign.get("status") == "complete":  # finished while we waited to look
+                raise HarnessError(f"{out_dir}: this campaign is already complete")
+            _end_leftovers(out_dir)
+        else:
+            if campaign_path.exists():  # another harness made it between our check and our lock
+                raise HarnessError(f"{out_dir} already holds a campaign: use --resume {out_dir} to finish it, "
+                                   f"or another --out")
+            first = arms[0]
+            campaign = {
+                "format": FORMAT_VERSION,
+                "kind": kind,
+                "id": out_dir.name,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": sys.argv,
+                "track": first.track.to_dict(),
+                "arms": {a.name: a.to_dict() for a in arms},
+                "schedule": schedule,
+                "seeds": seeds,
+                "telemetry": telemetry,
+                "environment": environment_record(first),
+                "compile_cache": compile_cache.campaign_record(arms),
+                **(extra or {}),
+            }
+        campaign["status"] = "running"
+        campaign.pop("stop_reason", None)
+        write_json_atomic(campaign_path, campaign)
+        reserve = reserve_space(out_dir / RESERVE_NAME)
+        try:
+            _run_schedule(out_dir, campaign, by_name, schedule, seeds, stop_rule=stop_rule, telemetry=telemetry,
+                          quiet=quiet, reserve=reserve)
+        finally:
+            release_space(reserve)
+    return out_dir
 
+
+def _end_leftovers(out_dir: Path) -> None:
+    """Processes of this campaign's runs that a harness killed with -9 (or a lost terminal) left running:
+    ended before a resumed run starts beside them."""
+    with signals_held():
+        ended = end_processes(lambda: campaign_leftovers(out_dir))
+    if ended:
+        print(f"resume: ended {len(ended)} process(es) an earlier harness of this campaign left running "
+              f"(pid {', '.join(map(str, sorted(ended)))})", file=sys.stderr, flush=True)
+
+
+def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedule: list[str], seeds: list[int],
+                  *, stop_rule, telemetry: bool, quiet: bool, reserve: Path | None) -> None:
+    from harness import report
+
+    campaign_path = out_dir / "campaign.json"
+    arms = list(by_name.values())
     display = _Display(len(schedule), quiet=quiet)
     completed = [r for r in load_runs(out_dir) if r.get("status") in FINISHED]
     done = {r["index"] for r in completed}
     stop_reason = stop_rule(completed) if (stop_rule and completed) else None
+    k, arm = None, None
     try:
         with display:
             for k, arm_name in enumerate(schedule):
@@ -546,23 +616,74 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                 display.run_start(k, arm_name)
                 result = execute_run(arm, run_dir, index=k, seed=seeds[k], campaign_id=campaign["id"],
                                      on_progress=display.run_progress, telemetry=telemetry)
+                if result["status"] == "failed" and _failed_for_disk_space(run_dir):
+                    # the script itself hit the full disk: not the code's failure, so the run is redone
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir))
                 completed.append(result)
                 display.run_done(k, result)
                 if stop_rule:
                     stop_reason = stop_rule(completed)
-    except KeyboardInterrupt:
-        campaign["status"] = "interrupted"
-        campaign["triton_autotune"] = compile_cache.autotune_record(arms)
+        campaign["status"] = "stopped-early" if stop_reason else "complete"
+        if stop_reason:
+            campaign["stop_reason"] = stop_reason
+        campaign["triton_autotune"] = compile_cache.autotune_record(arms)  # the configs runs 2..N used (issue 13)
         write_json_atomic(campaign_path, campaign)
         report.write_record(out_dir)
+    except KeyboardInterrupt:
+        with signals_held():  # a second Ctrl-C must not leave the campaign marked running
+            end_processes(lambda: campaign_leftovers(out_dir))  # one interrupted between fork and bookkeeping
+            campaign["status"] = "interrupted"
+            campaign["triton_autotune"] = compile_cache.autotune_record(arms)
+            write_json_atomic(campaign_path, campaign)
+            report.write_record(out_dir)
         raise
-    campaign["status"] = "stopped-early" if stop_reason else "complete"
-    if stop_reason:
-        campaign["stop_reason"] = stop_reason
-    campaign["triton_autotune"] = compile_cache.autotune_record(arms)  # the configs runs 2..N used (issue 13)
-    write_json_atomic(campaign_path, campaign)
-    report.write_record(out_dir)
-    return out_dir
+        write_json_atomic(campaign_path, campaign)
+        report.write_record(out_dir)
+    except KeyboardInterrupt:
+        with signals_held():  # a second Ctrl-C must not leave the campaign marked running
+            end_processes(lambda: campaign_leftovers(out_dir))  # one interrupted between fork and bookkeeping
+            campaign["status"] = "interrupted"
+            write_json_atomic(campaign_path, campaign)
+            report.write_record(out_dir)
+        raise
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        with signals_held():
+            end_processes(lambda: campaign_leftovers(out_dir))
+            release_space(reserve)  # the room to record what happened
+            marked = _mark_interrupted_by_disk(out_dir, campaign, k, arm, seeds)
+        where = e.filename or out_dir
+        raise HarnessError(f"{where}: no space left on device; campaign {out_dir} is "
+                           f"{'marked interrupted' if marked else 'left resumable'}, finished runs kept: free some "
+                           f"space, then 'speedrun run --resume {out_dir}'") from None
+
+
+def _failed_for_disk_space(run_dir: Path) -> bool:
+    """A run that failed because its disk filled up (the script's own writes got ENOSPC)."""
+    try:
+        free = os.statvfs(run_dir)
+        if free.f_bavail * free.f_frsize < 64 * 1024:
+            return True
+        with open(run_dir / "output.txt", "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            tail = f.read()
+    except OSError:
+        return False
+    return b"No space left on device" in tail or b"Disk quota exceeded" in tail
+
+
+def _mark_interrupted_by_disk(out_dir: Path, campaign: dict, k: int | None, arm: Arm | None, seeds) -> bool:
+    """campaign.json and the current run's run.json say 'interrupted'; False if even that did not fit."""
+    if k is not None and arm is not None and (out_dir / "runs" / str(k)).is_dir():
+        _write_interrupted(out_dir / "runs" / str(k), arm, k, seeds[k], time.time(), "no space left on device")
+    campaign["status"] = "interrupted"
+    campaign["stop_reason"] = "no space left on device"
+    try:
+        write_json_atomic(out_dir / "campaign.json", campaign)
+        return True
+    except OSError:
+        return False
 
 
 def completed_result(completed: list[dict], k: int) -> dict:
@@ -595,9 +716,13 @@ class _Display:
         return self.progress.__exit__(*exc)
 
     def run_start(self, k: int, arm: str) -> None:
+        from rich.markup import escape
+
         if self.run_task is not None:
             self.progress.remove_task(self.run_task)
-        self.run_task = self.progress.add_task(f"run {k + 1}/{self.n_runs} [{arm}]", total=None, info="starting")
+        # the description is markup (TextColumn): the arm name is escaped, never rendered
+        self.run_task = self.progress.add_task(f"run {k + 1}/{self.n_runs} {escape('[' + arm + ']')}", total=None,
+                                               info="starting")
 
     def run_progress(self, p: RunProgress) -> None:
         if self.run_task is None:
@@ -607,9 +732,12 @@ class _Display:
 
     def run_done(self, k: int, result: dict) -> None:
         self.progress.advance(self.campaign_task)
+        from rich.text import Text
+
+        # Text, never markup: a reason quotes the run's own output
         if result.get("status") == "ok":
-            msg = (f"[green]run {k + 1} ok[/]  val_loss {result['final_val_loss']:.4f}  "
-                   f"train_time {result['train_time_s']:.3f} s")
+            msg = Text.assemble((f"run {k + 1} ok", "green"), f"  val_loss {result['final_val_loss']:.4f}  "
+                                f"train_time {result['train_time_s']:.3f} s")
         else:
-            msg = f"[red]run {k + 1} failed[/]: {result.get('reason')}"
+            msg = Text.assemble((f"run {k + 1} failed", "red"), f": {result.get('reason')}")
         self.progress.console.print(msg)

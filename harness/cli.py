@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from harness.errors import HarnessError
@@ -10,9 +11,35 @@ from harness.errors import HarnessError
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.replace(" ", "").split(",") if x]
+        values = [float(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    for v in values:
+        _check_block_number(v)
+    return values
+
+
+# The block computes in float32 tensors (torch.std_mean): past this a number becomes inf there.
+_BLOCK_LIMIT = 3.0e38
+
+
+def _check_block_number(v: float) -> float:
+    """A number the record block can hold: nan or inf would print as a name (not valid Python)."""
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {v}")
+    if abs(v) > _BLOCK_LIMIT:
+        raise argparse.ArgumentTypeError(f"{v} is too large for the block's float32 tensors")
+    return v
+
+
+def _block_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return _check_block_number(v)
 
 
 def _positive_int(text: str) -> int:
@@ -53,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no live progress display")
 
     s = sub.add_parser("stats", help="print the record block for given losses and times")
-    s.add_argument("--target", type=float, required=True)
+    s.add_argument("--target", type=_block_float, required=True)
     s.add_argument("--losses", type=_floats, required=True, help="comma-separated final val losses")
     s.add_argument("--times", type=_floats, required=True, help="comma-separated train times in seconds")
     s.add_argument("--no-p", action="store_true", help="omit the t-test line (re-timed previous record style)")
@@ -246,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as e:  # a full disk under any command: one line, not a traceback
+        from harness.fsio import is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        print(f"error: {e.filename or 'a write'}: no space left on device", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

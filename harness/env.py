@@ -246,20 +246,22 @@ def cmd_env(check_track: str | None, as_json: bool) -> int:
         return 0 if env is None or env["record_grade"] else 1
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    console = Console()  # values, names and mismatches are Text: they quote the node and a track.toml
     table = Table(title="environment fingerprint", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     for k, v in fingerprint_rows(fp):
-        table.add_row(k, v)
+        table.add_row(Text(str(k)), Text(str(v)))
     console.print(table)
     if env is None:
         return 0
     if env["record_grade"]:
-        console.print(f"[green]record-grade[/green] for track {track.name}: matches its pins and frozen files")
+        console.print(Text.assemble(("record-grade", "green"),
+                                    f" for track {track.name}: matches its pins and frozen files"))
         return 0
-    console.print(f"[red]not record-grade[/red] for track {track.name}:")
+    console.print(Text.assemble(("not record-grade", "red"), f" for track {track.name}:"))
     for m in env["mismatches"]:
-        console.print(f"  - {m}")
+        console.print(Text(f"  - {m}"))
     return 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,51 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+# write_bytes_atomic's temporary files: "." + name + "." + mkstemp's 8 random characters + ".tmp"
+_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_tmp(folder: str | os.PathLike, subfolders: tuple[str, ...] = ("plots", "runs/*")) -> list[Path]:
+    """Remove the temporary files of atomic writes that a killed process left in folder and its subfolders.
+    Only for a folder this process owns (a campaign under its lock): elsewhere they may be in flight."""
+    folder = Path(folder)
+    dirs = [folder] + [d for pattern in subfolders for d in folder.glob(pattern) if d.is_dir()]
+    removed = []
+    for d in dirs:
+        for p in d.iterdir():
+            if _TMP_RE.match(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+RESERVE_BYTES = 1 << 20
+
+
+def reserve_space(path: str | os.PathLike, size: int = RESERVE_BYTES) -> Path | None:
+    """Hold `size` bytes of the disk in a file, so that when the disk fills up, deleting it leaves room to
+    record that the campaign was interrupted. None when the space is not there to begin with."""
+    path = Path(path)
+    try:
+        with open(path, "wb") as f:
+            f.write(b"\0" * size)  # written, not a sparse hole: the blocks must really be taken
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+    except OSError:
+        path.unlink(missing_ok=True)
+        return None
+
+
+def release_space(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

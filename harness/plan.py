@@ -20,6 +20,16 @@ import numpy as np
 from harness.errors import HarnessError
 
 PLAN_SIMS = 20000
+# Bounded work for any input: the sequential budget is capped, and the simulated campaigns shrink as the
+# budget grows (the work is about sims * budget * (budget + 400), the 400 being log_J's backward tail), in
+# chunks that keep memory near 100 MB.
+MAX_BUDGET = 200
+SIM_WORK = 1.5e8
+SIM_CHUNK_CELLS = 500_000
+# The procedure only sees the direction of the data (it is scale invariant), so it is simulated at sigma 1;
+# beyond this many sigmas every run is far below the target and the result no longer changes, while float64
+# sums of squares would lose the spread.
+SIM_EFFECT_LIMIT = 1000.0
 
 
 @dataclass
@@ -35,6 +45,7 @@ class Plan:
     seq_power: float
     seq_mean_runs: float
     seq_stopped_by_fixed: float | None  # share of campaigns that stopped within fixed_runs runs
+    sims: int = PLAN_SIMS  # simulated campaigns behind the sequential numbers
 
 
 def campaign_estimates(campaign_dir: str | Path) -> tuple[float, float, float, int]:
@@ -61,29 +72,33 @@ def make_plan(target: float, sigma: float, mean: float, power: float = 0.9, alph
         raise HarnessError(f"--alpha must be between 0 and 1, got {alpha}")
     if not (math.isfinite(target) and math.isfinite(mean)):
         raise HarnessError("--target and --mean must be finite numbers")
-    effect = (mean - target) / sigma
+    with np.errstate(over="ignore"):
+        effect = float(np.float64(mean - target) / np.float64(sigma))  # -inf for a sigma next to nothing
     if effect >= 0:
         raise HarnessError(f"the mean {mean} is not below the target {target}: no number of runs gives the "
                            f"one-sided test any power")
     fixed = fixed_n_runs(effect, alpha=alpha, power=power)
-    budget = min(max(20, 2 * fixed), 1000) if fixed else 1000
-    sim = simulate_sequential(mean, sigma, target, sims, budget, alpha=alpha, rng=np.random.default_rng(seed))
+    budget = min(max(20, 2 * fixed), MAX_BUDGET) if fixed else MAX_BUDGET
+    sims = max(1, min(sims, int(SIM_WORK // (budget * (budget + 400)))))
+    sim = simulate_sequential(max(effect, -SIM_EFFECT_LIMIT), 1.0, 0.0, sims, budget, alpha=alpha,
+                              rng=np.random.default_rng(seed), chunk=max(1, SIM_CHUNK_CELLS // budget))
     by_fixed = float(np.mean(sim.rejected & (sim.runs <= fixed))) if fixed else None
-    return Plan(target, sigma, mean, power, alpha, effect, fixed, budget, sim.reject_rate, sim.mean_runs, by_fixed)
+    return Plan(target, sigma, mean, power, alpha, effect, fixed, budget, sim.reject_rate, sim.mean_runs, by_fixed,
+                sims)
 
 
 def plan_text(p: Plan) -> str:
-    from harness.sequential import LOSS_PRIOR, PROCEDURE
+    from harness.sequential import FIXED_N_MAX, LOSS_PRIOR, PROCEDURE
 
     lines = [
         f"target {p.target}, mean {p.mean}, sigma {p.sigma}: the mean is {-p.effect:.2f} sigma below the target",
         (f"fixed-N (one-sided t-test, alpha {p.alpha:g}): {p.fixed_runs} runs for {p.power:.0%} power"
-         if p.fixed_runs else f"fixed-N: more than 10000 runs for {p.power:.0%} power"),
+         if p.fixed_runs else f"fixed-N: more than {FIXED_N_MAX} runs for {p.power:.0%} power"),
         (f"sequential (--until-significant --max-runs {p.max_runs}): {p.seq_mean_runs:.1f} runs expected, "
          f"power {p.seq_power:.1%} within the budget"
          + (f", significant within {p.fixed_runs} runs in {p.seq_stopped_by_fixed:.0%} of campaigns"
             if p.seq_stopped_by_fixed is not None else "")),
-        f"  ({PROCEDURE}, prior {LOSS_PRIOR.describe()}; {PLAN_SIMS} simulated campaigns)",
+        f"  ({PROCEDURE}, prior {LOSS_PRIOR.describe()}; {p.sims} simulated campaigns)",
     ]
     return "\n".join(lines) + "\n"
 

@@ -194,7 +194,9 @@ def _or_dash(v) -> str:
 
 
 def _num(v, digits: int) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)  # a hand-edited run.json: shown as is
 
 
 def write_record(campaign_dir: str | Path) -> Path:
@@ -208,22 +210,24 @@ def print_summary(campaign_dir: str | Path, console=None) -> None:
     """The end-of-campaign table and the block, on the console."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     d = Path(campaign_dir)
     campaign = load_campaign(d)
     runs = load_runs(d)
-    table = Table(title=f"{campaign['track']['name']} campaign {campaign['id']} ({campaign.get('status')})")
+    # Every cell and the title are Text, never markup: names, statuses and reasons come from files and runs.
+    table = Table(title=Text(f"{campaign['track']['name']} campaign {campaign['id']} ({campaign.get('status')})"))
     for col, justify in (("run", "right"), ("arm", "left"), ("seed", "right"), ("status", "left"),
                          ("val loss", "right"), ("train time (s)", "right"), ("compile (s)", "right"),
                          ("wall (s)", "right"), ("reason", "left")):
         table.add_column(col, justify=justify)
     for r in runs:
-        status = "[green]ok[/]" if r.get("status") == "ok" else f"[red]{r.get('status')}[/]"
-        table.add_row(str(r["index"]), r.get("arm", ""), str(r.get("seed", "")), status,
-                      _num(r.get("final_val_loss"), 4), _num(r.get("train_time_s"), 3),
-                      f"{_num(r.get('compile_warmup_s'), 1)} {cache_state(r)}", _num(r.get("wall_s"), 1),
-                      r.get("reason") or "")
+        status = Text(str(r.get("status")), style="green" if r.get("status") == "ok" else "red")
+        table.add_row(Text(str(r["index"])), Text(str(r.get("arm", ""))), Text(str(r.get("seed", ""))), status,
+                      Text(_num(r.get("final_val_loss"), 4)), Text(_num(r.get("train_time_s"), 3)),
+                      Text(f"{_num(r.get('compile_warmup_s'), 1)} {cache_state(r)}"), Text(_num(r.get("wall_s"), 1)),
+                      Text(str(r.get("reason") or "")))
     console.print(table)
     md = (d / "record.md").read_text(encoding="utf-8") if (d / "record.md").exists() else record_markdown(d)
     # The block(s) and what follows them up to the runs table: what a contributor pastes.
@@ -236,7 +240,13 @@ def print_summary(campaign_dir: str | Path, console=None) -> None:
 
 
 def cmd_report(campaign_dir: str) -> int:
-    write_record(campaign_dir)
+    from harness.fsio import remove_stale_tmp
+    from harness.lock import campaign_lock
+
+    load_campaign(campaign_dir)  # a folder that is not a campaign gets no lock file
+    with campaign_lock(campaign_dir):  # record.md and plots are rewritten: not beside a running campaign
+        remove_stale_tmp(campaign_dir)
+        write_record(campaign_dir)
     print_summary(campaign_dir)
     print(verdict(load_campaign(campaign_dir), load_runs(campaign_dir))[1])  # the same last line as the campaign's
     return 0

@@ -59,7 +59,7 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
     campaign = load_campaign(path)
     if campaign.get("status") == "complete":
         raise HarnessError(f"{path}: this campaign is already complete")
-    arms = [Arm.from_dict(a) for a in campaign["arms"].values()]
+    arms = _stored_arms(campaign, path)
     for a, stored in zip(arms, campaign["arms"].values()):
         if not a.script.is_file():
             raise HarnessError(f"{path}: arm {a.name!r} script {a.script} is gone; cannot resume")
@@ -71,12 +71,43 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
 
         t = arms[0].track
         seq = campaign["until_significant"]
+        if not (isinstance(seq, dict) and isinstance(seq.get("max_runs"), int) and seq["max_runs"] >= 1):
+            raise HarnessError(f"{Path(path) / 'campaign.json'}: 'until_significant' needs a whole 'max_runs'; "
+                               f"cannot resume")
         stop_rule = make_stop_rule(t.target, t.alpha, seq["max_runs"], kind=seq.get("kind", "one-sample"))
     with _clock_lock(lock_clocks, arms[0]):
         campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
                                     telemetry=telemetry and campaign.get("telemetry", True), resume=True,
                                     seeds=campaign.get("seeds"), quiet=quiet)
     return finish_campaign(campaign_dir)
+
+
+ARM_KEYS = ("name", "track", "script", "script_sha256", "nproc", "env")
+
+
+def _stored_arms(campaign: dict, path: str) -> list[Arm]:
+    """The arms of a campaign.json to resume, checked first: a hand-edited file gets one error line."""
+    where = f"{Path(path) / 'campaign.json'}"
+    stored, schedule, seeds = campaign["arms"], campaign["schedule"], campaign.get("seeds")
+    if not isinstance(stored, dict) or not stored:
+        raise HarnessError(f"{where}: 'arms' must name at least one arm; cannot resume")
+    for name, a in stored.items():
+        if not isinstance(a, dict):
+            raise HarnessError(f"{where}: arm {name!r} is not an object; cannot resume")
+        missing = [k for k in ARM_KEYS if k not in a]
+        if missing:
+            raise HarnessError(f"{where}: arm {name!r} lacks {', '.join(map(repr, missing))}; cannot resume")
+    if not isinstance(schedule, list) or not all(isinstance(n, str) and n in stored for n in schedule):
+        raise HarnessError(f"{where}: 'schedule' must be a list of the arms' names; cannot resume")
+    if seeds is not None and not (isinstance(seeds, list) and len(seeds) == len(schedule)
+                                  and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        raise HarnessError(f"{where}: 'seeds' must be one whole number per scheduled run; cannot resume")
+    try:
+        return [Arm.from_dict(a) for a in stored.values()]
+    except HarnessError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HarnessError(f"{where}: an arm is malformed ({type(e).__name__}: {e}); cannot resume") from None
 
 
 def finish_campaign(campaign_dir: Path) -> int:

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.integrate
 import scipy.special
 import scipy.stats
 
@@ -315,17 +316,42 @@ def naive_repeated_ttest_error(sims: int, first_look: int, max_runs: int, alpha:
     return _result(rejected, runs)
 
 
-def fixed_n_runs(effect: float, alpha: float = ALPHA, power: float = 0.9, n_max: int = 10_000) -> int | None:
+FIXED_N_MAX = 10**9
+
+
+def t_test_power(n: int, effect: float, alpha: float = ALPHA) -> float:
+    """Power of the one-sided one-sample t-test at alpha with n runs at standardized effect (exact)."""
+    crit = scipy.stats.t.ppf(alpha, n - 1)
+    nc = effect * math.sqrt(n)
+    # reject when t < crit; t ~ noncentral t(n-1, nc)
+    with np.errstate(all="ignore"):
+        p = float(scipy.stats.nct.cdf(crit, n - 1, nc))
+    if math.isfinite(p):
+        return p
+    # scipy's series gives nan far out in the tails: average P(Z < crit sqrt(V/df) - nc) over V ~ chi2(df)
+    df = n - 1
+    f = lambda u: scipy.stats.norm.cdf(crit * math.sqrt(scipy.stats.chi2.ppf(u, df) / df) - nc)  # noqa: E731
+    return float(scipy.integrate.quad(f, 0.0, 1.0, limit=200)[0])
+
+
+def fixed_n_runs(effect: float, alpha: float = ALPHA, power: float = 0.9, n_max: int = FIXED_N_MAX) -> int | None:
     """Smallest n whose one-sided one-sample t-test at alpha has this power at standardized effect `effect`
-    (negative = below the target). Exact: noncentral t. None when n_max runs are not enough."""
-    if effect >= 0:
+    (negative = below the target). Exact: noncentral t. None when n_max runs are not enough. Power grows
+    with n, so a bisection finds it in about log2(n_max) evaluations whatever the effect."""
+    if not effect < 0:
         return None
-    for n in range(2, n_max + 1):
-        crit = scipy.stats.t.ppf(alpha, n - 1)
-        # reject when t < crit; t ~ noncentral t(n-1, effect*sqrt(n))
-        if scipy.stats.nct.cdf(crit, n - 1, effect * math.sqrt(n)) >= power:
-            return n
-    return None
+    if t_test_power(2, effect, alpha) >= power:
+        return 2
+    if t_test_power(n_max, effect, alpha) < power:
+        return None
+    lo, hi = 2, n_max  # power(lo) < power <= power(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if t_test_power(mid, effect, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 # ---------------------------------------------------------------------------------------------------------
