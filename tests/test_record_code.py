@@ -32,6 +32,8 @@ TOKENIZER = REPO.parent / "shared" / "data" / "tokenizer"
 SEED001_LOG = REPO.parent / "shared" / "reference" / "short-seed001" / "record-log-0ba09d92.txt"
 
 SCRIPT = 'import os\nprint("step:{step}/{total}")  # an f-string the parser must not read as a step\nx = "=" * 100\n'
+# Late-2024 scripts wrote their log themselves: the source says how (the parser reads that).
+SCRIPT_2024 = SCRIPT + "with open(logfile, 'w') as f:\n    f.write(code)\n    f.write('=' * 100 + '\\n')\n"
 KERNELS = "import triton\n\n\ndef add(a, b):\n    return a + b\n"
 DC_KERNELS = "# dc kernels\nSCALE = 2\n"
 
@@ -100,7 +102,7 @@ def _sha(text: str) -> str:
 @pytest.mark.parametrize("sections", [(), (("triton_kernels.py", KERNELS),),
                                       (("triton_kernels.py", KERNELS), ("dc_triton_kernels.py", DC_KERNELS))])
 def test_extract_gives_the_parsers_source_in_every_layout(tmp_path, layout, sections):
-    code = embedded(SCRIPT, *sections)
+    code = embedded(SCRIPT_2024 if layout is late_2024_log else SCRIPT, *sections)
     log = _write(tmp_path / "a.txt", layout(code))
     parsed = parse_log(log.read_text())
     r = run_cli("extract", log, "--out", tmp_path / "out")
