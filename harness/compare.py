@@ -255,10 +255,24 @@ def build_arms(baseline: str, candidate: str, nproc: int | None, env: dict[str, 
     """Two arms; a script, record log or record folder runs against the target of the other side's track (or
     of --track when neither side is one). Record code is extracted into code_dir/<arm>."""
     from harness.campaign import is_code_spec, make_arm
+    from harness.extract import discard_code
+
+    built = []
 
     def arm(spec: str, name: str, default_track=None):
-        return make_arm(spec, name=name, default_track=default_track, nproc=nproc, env=env,
-                        code_dir=Path(code_dir) / name if code_dir else None, add_files=add_files)
+        try:
+            a = make_arm(spec, name=name, default_track=default_track, nproc=nproc, env=env,
+                         code_dir=Path(code_dir) / name if code_dir else None, add_files=add_files)
+        except HarnessError as e:
+            fail(e)
+        built.append(a)
+        return a
+
+    def fail(error: HarnessError | str):
+        for other in built:  # code extracted for this campaign already: no half campaign folder is left
+            if other.code.get("dir"):
+                discard_code(other.code)
+        raise error if isinstance(error, HarnessError) else HarnessError(error)
 
     if is_code_spec(baseline) and is_code_spec(candidate):
         side = track or _track_named_by_path(baseline) or _track_named_by_path(candidate)
@@ -276,10 +290,10 @@ def build_arms(baseline: str, candidate: str, nproc: int | None, env: dict[str, 
         base = arm(baseline, BASELINE)
         cand = arm(candidate, CANDIDATE, base.track)
     if base.track.target != cand.track.target:
-        raise HarnessError(f"the two tracks have different targets ({base.track.name}: {base.track.target}, "
-                           f"{cand.track.name}: {cand.track.target}); compare like with like")
+        fail(f"the two tracks have different targets ({base.track.name}: {base.track.target}, "
+             f"{cand.track.name}: {cand.track.target}); compare like with like")
     if base.nproc != cand.nproc:
-        raise HarnessError(f"the arms use different process counts ({base.nproc} vs {cand.nproc}); pass --nproc")
+        fail(f"the arms use different process counts ({base.nproc} vs {cand.nproc}); pass --nproc")
     return base, cand
 
 

@@ -495,3 +495,12 @@ def test_compare_of_two_code_sides_takes_the_track_from_the_record_path_or_track
     assert track_of(str(folder), str(RECORD_CODE / "train_gpt.py")) == "short"
     with pytest.raises(HarnessError, match="--track"):
         track_of(str(log), str(RECORD_CODE / "train_gpt.py"))
+
+
+def test_a_compare_whose_second_side_fails_leaves_no_extracted_code(tmp_path):
+    log = _kernel_free_log(tmp_path)
+    capture = _write(tmp_path / "stdout.txt", _steps())  # a log without embedded code
+    out = tmp_path / "camp"
+    r = run_cli("compare", log, capture, "--track", FAKE_TRACK, "--runs", "1", "--out", out, "--quiet")
+    assert r.returncode == 2 and "embeds no source" in r.stderr
+    assert not out.exists()
