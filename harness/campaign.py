@@ -64,6 +64,11 @@ class Arm:
     script: Path
     nproc: int
     env: dict[str, str] = field(default_factory=dict)
+    # where the code came from: {"kind": "track" | "script" | "record-log" | "record-folder", ...} (extract.py)
+    code: dict = field(default_factory=dict)
+    pins: dict[str, str] = field(default_factory=dict)  # the environment its record log names (record_env.py)
+    pin_differences: list[str] = field(default_factory=list)  # this node vs pins, from the pre-flight
+    downloads: list[dict] = field(default_factory=list)  # run-time downloads and where they come from (prefetch.py)
 
     def to_dict(self) -> dict:
         return {
@@ -73,34 +78,63 @@ class Arm:
             "script_sha256": sha256_file(self.script),
             "nproc": self.nproc,
             "env": self.env,
+            "code": self.code,
+            "pins": self.pins,
+            "pin_differences": self.pin_differences,
+            "downloads": self.downloads,
         }
 
     @staticmethod
     def from_dict(d: dict) -> "Arm":
         t = d["track"]
         track = track_from_dict(t, Path(t["folder"]), source=f"campaign.json arm {d['name']!r}")
-        return Arm(name=d["name"], track=track, script=Path(d["script"]), nproc=int(d["nproc"]), env=dict(d["env"]))
+        return Arm(name=d["name"], track=track, script=Path(d["script"]), nproc=int(d["nproc"]), env=dict(d["env"]),
+                   code=dict(d.get("code") or {}), pins=dict(d.get("pins") or {}),
+                   pin_differences=list(d.get("pin_differences") or []), downloads=list(d.get("downloads") or []))
+
+
+def is_code_spec(spec: str) -> bool:
+    """A command-line argument that names code rather than a track: a script, a record log or record folder."""
+    from harness.extract import is_record_spec
+
+    return Path(spec).suffix == ".py" or is_record_spec(spec)
 
 
 def make_arm(spec: str, *, name: str, default_track: Track | None = None, nproc: int | None = None,
-             env: dict[str, str] | None = None) -> Arm:
-    """An arm from a track name (`tiny`) or a script path (run against `default_track`'s target)."""
+             env: dict[str, str] | None = None, code_dir: str | Path | None = None,
+             add_files: list[str] | None = None) -> Arm:
+    """An arm from a track name (`tiny`), a script path, or a record log / record folder (both run against
+    `default_track`'s target). Record code is extracted into code_dir, hashed and run unmodified, with the
+    add_files (modules the log does not embed) placed beside it."""
     p = Path(spec)
+    pins: dict[str, str] = {}
     if p.suffix == ".py":
         if not p.is_file():
             raise HarnessError(f"script {spec} not found")
         if default_track is None:
             raise HarnessError(f"script {spec} needs a track whose target it is run against")
         track, script = default_track, p.resolve()
+        code = {"kind": "script", "from": str(script)}
+    elif is_code_spec(spec):
+        from harness.extract import load_record_code, write_code
+
+        if default_track is None:
+            raise HarnessError(f"record code {spec} needs a track whose target it is run against")
+        if code_dir is None:
+            raise HarnessError(f"record code {spec}: no folder to extract it into")
+        record = load_record_code(p)
+        code = write_code(record, code_dir, extra_files=add_files)
+        track, script, pins = default_track, Path(code["dir"]) / record.script_name, dict(record.pins)
     else:
         track = load_track(spec)
         script = track.script
+        code = {"kind": "track", "track": track.name, "from": str(script)}
     if not script.is_file():
         raise HarnessError(f"track {track.name}: script {script} not found")
     k = nproc if nproc is not None else track.nproc
     if k < 1:
         raise HarnessError(f"--nproc must be at least 1, got {k}")
-    return Arm(name=name, track=track, script=script, nproc=k, env=dict(env or {}))
+    return Arm(name=name, track=track, script=script, nproc=k, env=dict(env or {}), code=code, pins=pins)
 
 
 def parse_env_pairs(pairs: list[str] | None) -> dict[str, str]:

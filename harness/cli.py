@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--from", dest="from_dir", metavar="DIR", help="adopt shards already in DIR instead of downloading")
 
     c = sub.add_parser("compare", help="baseline vs candidate on this node, interleaved A B B A ...")
-    c.add_argument("baseline", help="track name or script path")
-    c.add_argument("candidate", help="track name or script path")
+    c.add_argument("baseline", help="track name, script path, record log or record folder")
+    c.add_argument("candidate", help="track name, script path, record log or record folder")
     c.add_argument("--runs", type=_positive_int, default=6, help="runs per arm (default 6)")
     c.add_argument("--until-significant", action="store_true")
     c.add_argument("--max-runs", type=_positive_int)
@@ -167,6 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "(a cache hit loads the binary and its metadata)")
         if name == "import":
             cp.add_argument("files", nargs="+", metavar="FILE", help="the archive, or every part of a split export")
+
+    # Record code: a record log or record folder wherever a script is accepted; extract, prefetch, env --for.
+    for cmd in (r, c, sc):
+        cmd.add_argument("--add-file", action="append", metavar="PATH",
+                         help="place this file beside code extracted from a record log (a module the log does "
+                              "not embed; recorded as not from the log); repeatable")
+        cmd.add_argument("--run-anyway", action="store_true",
+                         help="launch even when the pre-flight finds the record's PyTorch or downloads differ")
+    c.add_argument("--track", help="the track whose target applies when neither side is a track")
+    e.add_argument("--for", dest="for_log", metavar="LOG", help="the install spec of a record log's environment")
+    x = sub.add_parser("extract", help="write the code embedded in a record log (or a record folder's claim) "
+                                       "and print its sha256")
+    x.add_argument("path", help="a record log, or a record or campaign folder")
+    x.add_argument("--out", help="folder to write the files into (default ./code-<hash>)")
+    pf = sub.add_parser("prefetch", help="fetch what a script downloads at run time into the offline cache")
+    pf.add_argument("path", help="a script, a record log, or a record folder")
+    pf.add_argument("--from", dest="from_dirs", action="append", metavar="DIR",
+                    help="adopt from a folder laid out as the Hugging Face hub cache (and tokenizer files) "
+                         "instead of downloading; repeatable")
+    pf.add_argument("--data-path", help="data root whose data/prefetch/ holds the cache (default DATA_PATH or "
+                                        "the repository root)")
     return p
 
 
@@ -214,6 +235,10 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "env":
         from harness.env import cmd_env
 
+        if args.for_log:
+            from harness.record_env import cmd_env_for
+
+            return cmd_env_for(args.for_log)
         return cmd_env(check_track=args.check, as_json=args.json)
     if args.command == "autotune":
         from harness.autotune import cmd_autotune
@@ -229,18 +254,27 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
                            max_runs=args.max_runs, out=args.out, env=_env_pairs(args.env), nproc=args.nproc,
-                           data_path=args.data_path, telemetry=not args.no_telemetry, quiet=args.quiet)
+                           data_path=args.data_path, telemetry=not args.no_telemetry, quiet=args.quiet,
+                           add_files=args.add_file, track=args.track, run_anyway=args.run_anyway)
     if args.command == "scaling":
         from harness.scaling import cmd_scaling
 
         return cmd_scaling(args.track, args.gpus, runs=args.runs, out=args.out, env=_env_pairs(args.env),
                            script=args.script, data_path=args.data_path, telemetry=not args.no_telemetry,
-                           quiet=args.quiet)
+                           quiet=args.quiet, add_files=args.add_file, run_anyway=args.run_anyway)
     if args.command == "plan":
         from harness.plan import cmd_plan
 
         return cmd_plan(target=args.target, sigma=args.sigma, mean=args.mean, power=args.power, alpha=args.alpha,
                         from_campaign=args.from_campaign)
+    if args.command == "extract":
+        from harness.extract import cmd_extract
+
+        return cmd_extract(args.path, out=args.out)
+    if args.command == "prefetch":
+        from harness.prefetch import cmd_prefetch
+
+        return cmd_prefetch(args.path, from_dirs=args.from_dirs, data_path=args.data_path)
     if args.command == "bench-sequential":
         from harness.sequential import cmd_bench_sequential
 

@@ -10,6 +10,7 @@ from harness.compare import comparison_markdown
 from harness.env import env_markdown
 from harness.fsio import write_text_atomic
 from harness.plots import make_campaign_plots
+from harness.record_env import arms_markdown
 from harness.record_block import render_block
 from harness.sequential import sequential_markdown
 from harness.telemetry import telemetry_markdown
@@ -121,6 +122,8 @@ def record_markdown(campaign_dir: str | Path) -> str:
                      else "No baseline run finished successfully.\n")
         lines.append(comparison_markdown(d) + "\n")
     lines += ["## Runs", "", _runs_table_md(runs), ""]
+    if any(isinstance(a, dict) and a.get("code") for a in campaign["arms"].values()):
+        lines += [arms_markdown(campaign), ""]  # where each arm's code came from, its pins and downloads
     cache_md = _compile_cache_md(campaign)
     if cache_md:
         lines += ["## Compile cache", "", cache_md, ""]

@@ -24,7 +24,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                           ("--nproc", args.nproc), ("--out", args.out), ("--env", args.env),
                                           ("--data-path", args.data_path), ("--seed-base", args.seed_base),
                                           ("--until-significant", args.until_significant),
-                                          ("--max-runs", args.max_runs)) if value]
+                                          ("--max-runs", args.max_runs), ("--add-file", args.add_file),
+                                          ("--run-anyway", args.run_anyway)) if value]
         if given:
             raise HarnessError(f"--resume takes the campaign as it was asked; drop {', '.join(given)} "
                                f"(only --quiet, --no-telemetry and --lock-clocks go with it)")
@@ -34,7 +35,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise HarnessError("name a track (e.g. 'speedrun run tiny --runs 5') or --resume CAMPAIGN")
     env = with_data_path(parse_env_pairs(args.env), args.data_path)
     base = make_arm(args.track, name="main", nproc=args.nproc, env=env)
-    arm = make_arm(args.script, name="main", default_track=base.track, nproc=args.nproc, env=env) if args.script else base
+    out = new_campaign_dir(base.track.name, args.out)
+    arm = make_arm(args.script, name="main", default_track=base.track, nproc=args.nproc, env=env,
+                   code_dir=Path(out) / "code" / "main", add_files=args.add_file) if args.script else base
+    from harness.record_env import prepare_arms
+
+    prepare_arms([arm], add_files=args.add_file, run_anyway=args.run_anyway)
     stop_rule, extra = None, {}
     if args.until_significant:
         from harness.sequential import make_stop_rule
@@ -48,7 +54,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         n = args.runs or DEFAULT_RUNS
     schedule = ["main"] * n
     seeds = [args.seed_base + k for k in range(n)]
-    out = new_campaign_dir(arm.track.name, args.out)
     with _clock_lock(args.lock_clocks, arm):
         campaign_dir = run_campaign(out, [arm], schedule, stop_rule=stop_rule, telemetry=not args.no_telemetry,
                                     seeds=seeds, extra=extra, quiet=args.quiet)

@@ -160,7 +160,8 @@ def scaling_markdown(campaign_dir: str | Path) -> str:
 
 def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: dict | None = None,
                 script: str | None = None, data_path: str | None = None, telemetry: bool = True,
-                quiet: bool = False, gpu_count=visible_gpu_count) -> int:
+                quiet: bool = False, gpu_count=visible_gpu_count, add_files: list[str] | None = None,
+                run_anyway: bool = False) -> int:
     """Run the scaling campaign; print the scaling table. Exit 3 if some runs failed, 4 if the largest count's
     loss claim fails (the verdict), else 0."""
     from harness.campaign import make_arm, new_campaign_dir, run_campaign
@@ -173,10 +174,14 @@ def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: d
     # no GPU at all (or the CPU smoke mode): the pre-flight says so, naming the smoke mode
     if track_def.uses_gpu and not track_def.is_smoke(env) and 0 < (have := gpu_count()) < counts[-1]:
         raise HarnessError(f"--gpus asks for up to {counts[-1]} GPUs; this node shows {have}")
-    arms = [make_arm(script or str(track_def.script), name=arm_name(k), default_track=track_def, nproc=k, env=env)
-            for k in counts]
     schedule, seeds = scaling_schedule(counts, runs)
     out_dir = new_campaign_dir(track_def.name, out)
+    # every count runs the same code: record code is extracted once, into one folder
+    arms = [make_arm(script or str(track_def.script), name=arm_name(k), default_track=track_def, nproc=k, env=env,
+                     code_dir=Path(out_dir) / "code" / "record", add_files=add_files) for k in counts]
+    from harness.record_env import prepare_arms
+
+    prepare_arms(arms, add_files=add_files, run_anyway=run_anyway)
     campaign_dir = run_campaign(out_dir, arms, schedule, telemetry=telemetry, kind="scaling", seeds=seeds,
                                 extra={"scaling": {"gpus": counts, "runs": runs}}, quiet=quiet)
     return finish_campaign(campaign_dir)  # prints the blocks and the scaling tables (record.md's timing section)
