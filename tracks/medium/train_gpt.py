@@ -509,6 +509,11 @@ class Attention(nn.Module):
         # per-head output gate sigmoid(W x[:16]), zero init (0.5); value-embedding gate 2*sigmoid(W x[:16]) (1.0)
         self.attn_gate_w = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_dim))
         self.ve_gate_w = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_dim)) if value_embed else None
+        # NorMuon step multipliers (the record's effective ones, see NorMuon)
+        self.qkv_w.muon_lr_mul = self.o_w.muon_lr_mul = 2.0
+        for g in (self.attn_gate_w, self.ve_gate_w):
+            if g is not None:
+                g.muon_lr_mul = 0.1
 
     def forward(self, x, ve, sa_lambdas, mask: BlockMask, rotary: Rotary):
         B, T, _ = x.shape
@@ -544,6 +549,8 @@ class MLP(nn.Module):
         bound = math.sqrt(3) * 0.5 * dim ** -0.5
         self.fc_w = nn.Parameter(torch.empty(hidden, dim).uniform_(-bound, bound))
         self.proj_w = nn.Parameter(torch.zeros(dim, hidden))
+        self.fc_w.muon_lr_mul, self.proj_w.muon_lr_mul = 2.0, 4.0
+        self.proj_w.muon_unit_dim = -2  # NorMuon: proj's hidden units are its columns (fc's are its rows)
 
     def forward(self, x):
         return F.linear(F.relu(F.linear(x, self.fc_w.bfloat16())).square(), self.proj_w.bfloat16())
@@ -574,6 +581,14 @@ class GPT(nn.Module):
         self.smear_lambda = nn.Parameter(torch.zeros(1))
         self.backout_lambda = nn.Parameter(torch.full((1,), 0.5))
         self.skip_lambdas = nn.Parameter(torch.full((n_skip,), -1.5))  # sigmoid(-1.5) = 0.18
+        # Adam step and weight-decay multipliers (the record's)
+        for p, lr_mul, wd_mul in ((self.lm_head_w, 1.0, 150.0), (self.embed_w, 1.0, 150.0),
+                                  (self.embed2_w, 75.0, 5.0), (self.value_embeds, 75.0, 5.0),
+                                  (self.smear_gate_w, 0.01, 0.0), (self.skip_gate_w, 0.01, 0.0),
+                                  (self.x0_lambdas, 5.0, 0.0), (self.resid_lambdas, 5.0, 0.0),
+                                  (self.sa_lambdas, 5.0, 0.0), (self.smear_lambda, 5.0, 0.0),
+                                  (self.backout_lambda, 5.0, 0.0), (self.skip_lambdas, 5.0, 0.0)):
+            p.adam_lr_mul, p.adam_wd_mul = lr_mul, wd_mul
 
     @torch.no_grad()
     def split_embed(self):
@@ -864,22 +879,7 @@ class Adam:
 
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int):
-    for attn in model.attn:
-        attn.qkv_w.muon_lr_mul = attn.o_w.muon_lr_mul = 2.0
-        attn.attn_gate_w.muon_lr_mul = 0.1
-        if attn.ve_gate_w is not None:
-            attn.ve_gate_w.muon_lr_mul = 0.1
-    for mlp in model.mlp:
-        mlp.fc_w.muon_lr_mul, mlp.proj_w.muon_lr_mul = 2.0, 4.0
-        mlp.proj_w.muon_unit_dim = -2  # proj's hidden units are its columns (fc's are its rows)
-    for p, lr_mul, wd_mul in ((model.lm_head_w, 1.0, 150.0), (model.embed_w, 1.0, 150.0),
-                              (model.embed2_w, 75.0, 5.0), (model.value_embeds, 75.0, 5.0),
-                              (model.smear_gate_w, 0.01, 0.0), (model.skip_gate_w, 0.01, 0.0),
-                              (model.x0_lambdas, 5.0, 0.0)):
-        p.adam_lr_mul, p.adam_wd_mul = lr_mul, wd_mul
     scalars = [model.resid_lambdas, model.sa_lambdas, model.smear_lambda, model.backout_lambda, model.skip_lambdas]
-    for p in scalars:
-        p.adam_lr_mul, p.adam_wd_mul = 5.0, 0.0
     muon_params = [p for n, p in model.named_parameters() if n.startswith(("attn.", "mlp."))]
     adam = Adam([
         {"params": [model.lm_head_w, model.embed_w, model.embed2_w, model.value_embeds, model.smear_gate_w,
