@@ -70,6 +70,10 @@ class Arm:
     pin_differences: list[str] = field(default_factory=list)  # this node vs pins, from the pre-flight
     downloads: list[dict] = field(default_factory=list)  # run-time downloads and where they come from (prefetch.py)
 
+    def environ(self) -> dict[str, str]:
+        """The environment every run of this arm starts from: the harness's own, then the track's, then --env."""
+        return {**os.environ, **self.track.env, **self.env}
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -210,13 +214,9 @@ class RunProgress:
                 self.final_step_unix = self.last_output
 
 
-def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(arm.track.env)
-    env.update(arm.env)
-    env["SPEEDRUN_SEED"] = str(seed)
-    env["SPEEDRUN_RUN_INDEX"] = str(index)
-    env["SPEEDRUN_CAMPAIGN_ID"] = campaign_id
+def arm_environment(arm: Arm) -> dict[str, str]:
+    """What every run of the arm gets whatever its seed: what the pre-flight and the clock lock look at."""
+    env = arm.environ()
     env["PYTHONUNBUFFERED"] = "1"  # the live display follows the run's output line by line
     if env.get("CUDA_VISIBLE_DEVICES"):
         # NVML numbers GPUs by PCI bus; make CUDA agree so the sampler watches the GPUs the run uses.
@@ -224,9 +224,18 @@ def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[s
     # The competition's layout: DATA_PATH is the folder holding data/fineweb10B/ (--data-path, else the repo
     # root, where `speedrun data` writes); runs start in their own folders, so the scripts' default `.` is wrong.
     env.setdefault("DATA_PATH", str(REPO_ROOT))
+    return env
+
+
+def run_environment(arm: Arm, seed: int, index: int, campaign_id: str) -> dict[str, str]:
+    env = arm_environment(arm)
+    env["SPEEDRUN_SEED"] = str(seed)
+    env["SPEEDRUN_RUN_INDEX"] = str(index)
+    env["SPEEDRUN_CAMPAIGN_ID"] = campaign_id
     # The harness's compile cache (Inductor, Triton and its autotune results) for this arm's key, set last:
     # through the environment only, the script and its compile flags stay as they are. Stale state from an
-    # outer harness never reaches run.json.
+    # outer harness never reaches run.json. Only for a run about to start: it makes the cache folder and counts
+    # its entries (cold or warm).
     for name in compile_cache.STATE_VARIABLES:
         env.pop(name, None)
     env.update(compile_cache.environment_for_run(arm, env))
@@ -537,7 +546,7 @@ def load_runs(campaign_dir: str | Path) -> list[dict]:
 
 def preflight(arms: list[Arm]) -> None:
     """Before anything is launched: GPUs, CUDA and data, with the environment each arm's runs get."""
-    check_arms(arms, [run_environment(a, 0, 0, "preflight") for a in arms])
+    check_arms(arms, [arm_environment(a) for a in arms])
 
 
 CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of campaign.json relies on

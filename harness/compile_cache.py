@@ -288,16 +288,11 @@ def compile_warmup_s(started_unix: float, first_step_unix: float | None, first_t
     return round(first_step_unix - (first_train_time_ms or 0.0) / 1000.0 - started_unix, 3)
 
 
-def _arm_environ(arm) -> dict[str, str]:
-    """The environment a run of the arm starts from, as run_environment layers it (for the cache settings)."""
-    return {**os.environ, **arm.track.env, **arm.env}
-
-
 def campaign_record(arms) -> dict:
     """campaign.json's compile_cache: per arm its folder and key (or that the cache is off)."""
     out = {}
     for arm in arms:
-        cache = cache_for_arm(arm, _arm_environ(arm))
+        cache = cache_for_arm(arm, arm.environ())
         out[arm.name] = ({"enabled": False} if cache is None else
                          {"enabled": True, "dir": str(cache.dir), "digest": cache.digest, "key": cache.key})
     return out
@@ -367,7 +362,7 @@ def autotune_record(arms) -> dict:
     """campaign.json's triton_autotune: per arm (with a cache), per kernel, the configs its runs use."""
     out = {}
     for arm in arms:
-        cache = cache_for_arm(arm, _arm_environ(arm))
+        cache = cache_for_arm(arm, arm.environ())
         if cache is not None:
             out[arm.name] = autotune_configs(cache.dir / "triton")
     return out

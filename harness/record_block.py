@@ -414,6 +414,18 @@ def _set_list(b: ParsedBlock, kind: str, items: list[str], unit: str) -> None:
         b.times = [float(t) for t in b.times_text]
 
 
+def _store_list(b: ParsedBlock, kind: str, label: str, body_text: str | None, line_no: int) -> None:
+    """A list read from a fence into the arm, or why it cannot be (never closed, a bad item)."""
+    if body_text is None:
+        b.malformed = f"the {label} list at line {line_no} is never closed"
+        return
+    items, error, unit = _list_items(body_text)
+    if error:
+        b.malformed = f"the {label} list at line {line_no} {error}"
+        return
+    _set_list(b, kind, items, unit)
+
+
 def _set_printed(b: ParsedBlock, name: str, text: str) -> None:
     b.printed_text[name] = text
     b.printed_digits[name] = _digits(text)
@@ -454,28 +466,14 @@ def _parse_fence(body: list[str], first_line: int, source: str, context: str) ->
             if cur is None or name_line is not None or (kind == "losses" and cur.losses is not None) or (
                     kind == "times" and cur.times is not None and cur.losses is None):
                 cur = new_arm(line_no)
-            if body_text is None:
-                cur.malformed = f"the {m.group('name')} list at line {line_no} is never closed"
-                continue
-            items, error, unit = _list_items(body_text)
-            if error:
-                cur.malformed = f"the {m.group('name')} list at line {line_no} {error}"
-                continue
-            _set_list(cur, kind, items, unit)
+            _store_list(cur, kind, m.group("name"), body_text, line_no)
             continue
         if (bare := _BARE_LIST.match(line)) and (kind := _bare_kind(context.rsplit(" / ", 1)[-1], bare.group("rest"))):
             body_text, used = _read_list(lines, i - 1, bare.group("rest"))
             i += used - 1
             if cur is None or (kind == "losses" and cur.losses is not None) or (kind == "times" and cur.times is not None):
                 cur = new_arm(line_no)
-            if body_text is None:
-                cur.malformed = f"the {kind} list at line {line_no} is never closed"
-                continue
-            items, error, unit = _list_items(body_text)
-            if error:
-                cur.malformed = f"the {kind} list at line {line_no} {error}"
-                continue
-            _set_list(cur, kind, items, unit)
+            _store_list(cur, kind, kind, body_text, line_no)
             continue
         if cur is not None and (t := _TTEST.search(line)):
             cur.target = float(t.group("target"))

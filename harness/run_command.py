@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 
 from harness.campaign import (Arm, gpu_indices, load_campaign, load_runs, make_arm, new_campaign_dir,
-                              parse_env_pairs, run_campaign, run_environment)
+                              parse_env_pairs, run_campaign, arm_environment)
 from harness.fsio import sha256_file
 from harness.errors import HarnessError
 from harness.report import print_summary, verdict
@@ -143,4 +143,4 @@ def _clock_lock(mhz: int | None, arm: Arm):
         return contextlib.nullcontext()
     from harness.clocks import locked_clocks
 
-    return locked_clocks(gpu_indices(arm, run_environment(arm, 0, 0, "lock")), target_mhz=mhz or None)
+    return locked_clocks(gpu_indices(arm, arm_environment(arm)), target_mhz=mhz or None)
