@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,8 +51,11 @@ print("FX " + str(dict(counters["inductor"])))
 
 
 def _run(code: str, cache: cc.CompileCache, extra=None):
+    # From a file, not `python -c`: @triton.jit reads its function's source with inspect, which needs a file.
+    script = Path(tempfile.mkdtemp(prefix="cache-probe-")) / "probe.py"
+    script.write_text(code, encoding="utf-8")
     env = {**os.environ, **cc.run_variables(cache), **(extra or {})}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
