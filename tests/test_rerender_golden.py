@@ -1,0 +1,73 @@
+"""Golden re-render: `speedrun report` on a copy of every committed campaign under results/ writes a record.md
+byte-identical to the committed one.
+
+This pins what the renderer produces while the harness is restructured (issue 18: behaviour unchanged, same
+files byte for byte). The committed record.md files were refreshed with `speedrun report` once, when this
+test was added: the ones from 2026-11-27 predated the verdict line (launch, c1e60d8) and the compile-cache
+columns of the runs table (8560bc3), and nothing else differed (the plots re-render byte-identical too).
+When the renderer changes on purpose, re-run `speedrun report results/<track>/<id>` on each and commit the
+new record.md with the change that caused it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from harness.cli import main  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def committed_campaigns() -> list[Path]:
+    """Campaign folders whose record.md is in git (results/ is git-ignored: a local campaign is not a golden
+    file). Outside a git checkout, every results/<track>/<id>/ holding a record.md and a campaign.json."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--", "results/*/*/record.md"], cwd=REPO, capture_output=True,
+                                text=True, check=True, timeout=60).stdout.split()
+        folders = [REPO / p for p in listed]
+    except (OSError, subprocess.SubprocessError):
+        folders = sorted((REPO / "results").glob("*/*/record.md"))
+    return sorted(p.parent for p in folders if (p.parent / "campaign.json").is_file())
+
+
+CAMPAIGNS = committed_campaigns()
+
+
+def test_there_are_committed_campaigns_to_compare():
+    # an empty list would make the parametrized test below vanish instead of failing
+    assert len(CAMPAIGNS) >= 1
+
+
+def _inputs(folder: Path) -> dict[str, bytes]:
+    """Every file report reads but must not write: all but record.md, plots/ and the lock file."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ("record.md", "campaign.lock") and "plots" not in p.relative_to(folder).parts}
+
+
+def _plot_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize("committed", CAMPAIGNS, ids=[str(c.relative_to(REPO)) for c in CAMPAIGNS])
+def test_report_rerenders_committed_record_md_byte_for_byte(committed, tmp_path, capsys):
+    copy = tmp_path / committed.name
+    shutil.copytree(committed, copy)
+    (copy / "record.md").write_text("stale\n", encoding="utf-8")  # proves the file below was rewritten
+    before = _inputs(copy)
+
+    assert main(["report", str(copy)]) == 0
+    out = capsys.readouterr().out
+
+    expected = (committed / "record.md").read_bytes()
+    rendered = (copy / "record.md").read_bytes()
+    assert rendered == expected, (
+        f"record.md of {committed.relative_to(REPO)} re-renders differently; if the renderer changed on purpose, "
+        f"run `speedrun report {committed.relative_to(REPO)}` and commit the new record.md")
+    assert _inputs(copy) == before  # campaign.json, run.json, logs and traces are read, never rewritten
+    assert _plot_names(copy) == _plot_names(committed)  # the same figures, so the same ## Plots links
+    assert "results: " in out and str(copy) in out  # the console summary ran to its end
