@@ -1,5 +1,6 @@
-"""GPU telemetry around a run: a sampler process (sampler.py), per-run summaries (summary.py), campaign
-outliers and the record.md table (report.py).
+"""GPU telemetry around a run: a sampler process (sampler.py) writing the CSVs whose columns columns.py
+defines, the traces read back by their header (trace.py), per-run summaries (summary.py), campaign outliers
+and the record.md table (outliers.py).
 
 Everything here imports without pynvml and without an NVIDIA driver: start_sampler then returns None and
 the run goes on with telemetry off.
@@ -14,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness.telemetry.report import campaign_outliers, telemetry_markdown
-from harness.telemetry.summary import load_trace, summarize_run
 from harness.telemetry.files import ENERGY_CSV, EXIT_JSON, META_JSON, TELEMETRY_CSV
+from harness.telemetry.outliers import campaign_outliers, telemetry_markdown
+from harness.telemetry.summary import summarize_run
+from harness.telemetry.trace import load_trace
 
 __all__ = [
     "nvml_available",

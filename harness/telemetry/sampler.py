@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.telemetry.files import ENERGY_CSV, ENERGY_HEADER, META_JSON, TELEMETRY_CSV, TELEMETRY_HEADER
+from harness.telemetry.columns import ENERGY_HEADER, SAMPLED_COLUMNS, TELEMETRY_HEADER
+from harness.telemetry.files import ENERGY_CSV, META_JSON, TELEMETRY_CSV
 
 # A GPU whose every field fails this many ticks in a row is gone (fallen off the bus, driver reset):
 # the sampler then records why and exits rather than writing empty rows forever.
@@ -78,6 +79,7 @@ class GpuReader:
         self._reasons_fn = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
             nvml, "nvmlDeviceGetCurrentClocksThrottleReasons"
         )
+        self._readings = self.readings()
 
     def _field(self, name: str, fn):
         if name in self.unsupported:
@@ -91,18 +93,23 @@ class GpuReader:
                 self.last_error = f"{name}: {e}"
             return None
 
-    def row(self) -> tuple[float, list]:
+    def readings(self) -> dict:
+        """How each column of SAMPLED_COLUMNS is read from NVML (run_sampler refuses to start without one)."""
         n, h = self.nvml, self.handle
+        return {
+            "sm_mhz": lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+            "mem_mhz": lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
+            "power_w": lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+            "temp_c": lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+            "util_pct": lambda: n.nvmlDeviceGetUtilizationRates(h).gpu,
+            "mem_used_mib": lambda: n.nvmlDeviceGetMemoryInfo(h).used / 2**20,
+            "reasons": lambda: self._reasons_fn(h),
+        }
+
+    def row(self) -> tuple[float, list]:
+        """The time and one value per SAMPLED_COLUMNS column, in the header's order (None: NVML gave none)."""
         t = time.time()
-        vals = [
-            self._field("sm_mhz", lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
-            self._field("mem_mhz", lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)),
-            self._field("power_w", lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0),
-            self._field("temp_c", lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
-            self._field("util_pct", lambda: n.nvmlDeviceGetUtilizationRates(h).gpu),
-            self._field("mem_used_mib", lambda: n.nvmlDeviceGetMemoryInfo(h).used / 2**20),
-            self._field("reasons", lambda: self._reasons_fn(h)),
-        ]
+        vals = [self._field(c.name, self._readings[c.name]) for c in SAMPLED_COLUMNS]
         if all(v is None for v in vals):
             self.failed_ticks += 1
         else:
@@ -177,6 +184,10 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
     except nvml.NVMLError as e:
         nvml.nvmlShutdown()
         return die(f"cannot open GPU(s) {gpu_indices}: {e}", 3)
+    unread = [c.name for c in SAMPLED_COLUMNS if readers and c.name not in readers[0].readings()]
+    if unread:  # a column added to columns.py without its NVML call: no file with a column that is never filled
+        nvml.nvmlShutdown()
+        return die(f"no NVML reading for telemetry column(s) {', '.join(unread)}", 3)
     meta["devices"] = [r.static_info() for r in readers]
 
     period = 1.0 / hz
