@@ -3,7 +3,7 @@
     python -m harness.telemetry.sampler --out RUN_DIR --gpus 0,1 --hz 10 [--parent-pid PID]
 
 Why a separate process: a sampler thread inside the training process stalls on the GIL (gaps of tens of
-ms) and steals time from the training loop; as a process it costs the run nothing measurable (DESIGN.md,
+ms) and steals time from the training loop; as a process it costs the run nothing measurable (docs/DESIGN.md,
 "Telemetry").
 
 Files it writes in RUN_DIR (see FILES below):

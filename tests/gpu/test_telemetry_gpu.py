@@ -45,7 +45,8 @@ def test_sampler_sees_power_and_clock_move_under_load(load_trace):
     assert busy["util_mean_pct"] > 80 and quiet["util_mean_pct"] < 20
     # Under a sustained GEMM the SM clock leaves its idle value (H100: power cap pulls it to 1.2-1.5 GHz).
     assert busy["sm_clock_mean_mhz"] != pytest.approx(quiet["sm_clock_mean_mhz"], abs=20)
-    # A sustained GEMM holds an H100 at its power cap (DESIGN.md): the SW power-cap reason most of the time.
+    # A sustained GEMM holds an H100 at its power cap (docs/DESIGN.md "Telemetry"): the SW power-cap reason
+    # most of the time.
     assert busy["throttle_s"]["sw_power_cap"] > 0.5 * busy["window_s"]
     assert busy["throttle_s"]["idle"] < 0.5
 
