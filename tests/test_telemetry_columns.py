@@ -184,6 +184,7 @@ def test_the_sampler_writes_each_reading_under_its_column(fake_nvml, tmp_path):
         assert (trace.cols[name] == value).all(), name
     assert np.isnan(trace.cols["reasons"]).all()  # not supported by the stand-in: blank, not zero
     assert trace.energy["kind"][0] == 0 and trace.energy["kind"][-1] == 2
+    assert (trace.energy["energy_mj"] == 1000000).all() and (trace.energy["gpu"] == 0).all()
 
 
 def test_the_sampler_refuses_a_column_it_cannot_read(fake_nvml, tmp_path, monkeypatch):

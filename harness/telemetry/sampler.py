@@ -204,7 +204,7 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
         for r in readers:
             e = r.energy_mj()
             if e is not None:
-                eng.write(f"{time.time():.3f},{r.index},{e},{kind}\n")
+                eng.write(f"{time.time():.3f},{r.index},{e},{kind}\n")  # ENERGY_COLUMNS' order
         eng.flush()
 
     code = 0
