@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.fsio import write_json_atomic
 from harness.telemetry.columns import ENERGY_HEADER, SAMPLED_COLUMNS, TELEMETRY_HEADER
 from harness.telemetry.files import ENERGY_CSV, META_JSON, TELEMETRY_CSV
 
@@ -36,8 +37,6 @@ ENERGY_PERIOD_S = 1.0
 
 def _write_meta(path: Path, meta: dict) -> None:
     # Atomic so that a reader never sees half a file (the sampler may be killed at any point).
-    from harness.fsio import write_json_atomic
-
     write_json_atomic(path, meta)
 
 
@@ -169,7 +168,7 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
         return code
 
     try:
-        import pynvml as nvml
+        import pynvml as nvml  # optional dependency: without it the sampler records why and exits
     except ImportError:
         return die("nvidia-ml-py (pynvml) is not installed", 3)
     try:
