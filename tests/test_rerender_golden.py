@@ -80,5 +80,6 @@ def test_report_rerenders_record_md_and_console_unchanged(committed, tmp_path, c
     assert _inputs(copy) == before  # campaign.json, run.json, logs and traces are read, never rewritten
     assert _plot_names(copy) == _plot_names(committed)  # the same figures, so the same ## Plots links
     console = CONSOLES / f"{committed.parent.name}--{committed.name}.console.txt"
+    assert console.is_file(), f"no {console.relative_to(REPO)}: write it as this module's docstring says"
     # as printed for the committed folder itself (`speedrun report results/<track>/<id>` from the repo root)
     assert out.replace(str(copy), str(committed.relative_to(REPO))) == console.read_text(encoding="utf-8")
