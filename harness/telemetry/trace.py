@@ -89,24 +89,17 @@ def read_csv_columns(path: Path, columns: tuple[Column, ...]) -> dict[str, np.nd
             duplicated = sorted({n for n in head if head.count(n) > 1})
             if duplicated:
                 raise HarnessError(f"{path}: column {duplicated[0]!r} appears twice in its header")
-        where = {c.name: head.index(c.name) for c in columns if c.name in head}
-        place = [where[n] for n in _PLACE if n in where]
+        picks = [(head.index(c.name) if c.name in head else None, c) for c in columns]  # None: not in the file
+        place = [k for k, c in enumerate(columns) if c.name in _PLACE]
         rows = []
         for row in reader:
             if len(row) != len(head):
                 continue
-            if any(_value_is_nan(row[i]) for i in place):
-                continue
-            rows.append([_value(c, row[where[c.name]]) if c.name in where else math.nan for c in columns])
+            values = [math.nan if i is None else _value(c, row[i]) for i, c in picks]
+            if not any(math.isnan(values[k]) for k in place):
+                rows.append(values)
     arr = np.array(rows, dtype=np.float64).reshape(-1, len(columns))
     return {c.name: arr[:, i] for i, c in enumerate(columns)}
-
-
-def _value_is_nan(text: str) -> bool:
-    try:
-        return math.isnan(float(text))
-    except ValueError:
-        return True
 
 
 def _from_npz(z, path: Path, columns: tuple[Column, ...], prefix: str) -> dict[str, np.ndarray]:
