@@ -150,6 +150,21 @@ def test_report_refuses_a_campaign_whose_trace_lost_a_required_column(tmp_path):
     assert (camp / "record.md").read_bytes() == before  # not rewritten, not half-written
 
 
+def test_the_writer_formats_each_cell_by_its_column_type():
+    """Every sampled cell of every committed trace, parsed and written again by its column's type, gives back
+    the same text: the writer is the one that wrote them."""
+    for run in COMMITTED:
+        for line in (run / "telemetry.csv").read_text().splitlines()[1:]:
+            cells = line.split(",")[2:]
+            values = [None if text == "" else float(text) for text in cells]
+            assert [sampler_module._cell(c, v) for c, v in zip(SAMPLED_COLUMNS, values)] == cells, line
+    by_name = {c.name: c for c in SAMPLED_COLUMNS}
+    assert sampler_module._cell(by_name["sm_mhz"], 1979.6) == "1980"  # an int column holds integers
+    assert sampler_module._cell(by_name["power_w"], 70.0) == "70"
+    assert sampler_module._cell(by_name["power_w"], 283.53849) == "283.538"
+    assert sampler_module._cell(by_name["temp_c"], None) == ""
+
+
 def test_every_sampled_column_has_an_nvml_reading():
     reader = sampler_module.GpuReader.__new__(sampler_module.GpuReader)  # readings() only needs nvml, handle
     reader.nvml, reader.handle, reader._reasons_fn = object(), 0, None

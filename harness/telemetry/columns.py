@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class Column:
     name: str  # the CSV header's name, and the key in Trace.cols / Trace.energy and in telemetry.npz
     unit: str  # "" for an index, a bitmask or a label
-    type: type  # what the sampler writes: int, float, or str (a label from `labels`)
+    type: type  # what the sampler writes (sampler._cell): int, float, or str (a label from `labels`)
     what: str
     # A file without a required column cannot be read at all (no time, no GPU, no reading); an optional
     # column left out reads as blank in every row, the same as a field NVML does not support.

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from harness.fsio import write_json_atomic
-from harness.telemetry.columns import ENERGY_HEADER, SAMPLED_COLUMNS, TELEMETRY_HEADER
+from harness.telemetry.columns import ENERGY_HEADER, SAMPLED_COLUMNS, TELEMETRY_HEADER, Column
 from harness.telemetry.files import ENERGY_CSV, META_JSON, TELEMETRY_CSV
 
 # A GPU whose every field fails this many ticks in a row is gone (fallen off the bus, driver reset):
@@ -139,12 +139,14 @@ class GpuReader:
         }
 
 
-def _fmt(v) -> str:
+def _cell(column: Column, v) -> str:
+    """One reading as the CSV holds it: blank when NVML gave none, an int column as an integer, a float
+    column with at most 3 decimals."""
     if v is None:
         return ""
-    if isinstance(v, float):
-        return f"{v:.3f}".rstrip("0").rstrip(".")
-    return str(v)
+    if column.type is int:
+        return str(round(v))
+    return f"{float(v):.3f}".rstrip("0").rstrip(".")
 
 
 def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: int | None) -> int:
@@ -220,7 +222,8 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
             lines = []
             for r in readers:
                 t, vals = r.row()
-                lines.append(f"{t:.3f},{r.index}," + ",".join(_fmt(v) for v in vals) + "\n")
+                cells = ",".join(_cell(c, v) for c, v in zip(SAMPLED_COLUMNS, vals))
+                lines.append(f"{t:.3f},{r.index},{cells}\n")
             tel.write("".join(lines))
             tel.flush()  # a killed sampler loses at most one tick
             now = time.monotonic()
