@@ -16,29 +16,21 @@ renew one after a deliberate change to the console, from the repository root:
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("matplotlib")
 
+from conftest import REPO, committed_files  # noqa: E402
 from harness.cli import main  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 CONSOLES = REPO / "tests" / "fixtures" / "rerender"
 
 
 def committed_campaigns() -> list[Path]:
-    """Campaign folders whose record.md is in git (results/ is git-ignored: a local campaign is not a golden
-    file). Outside a git checkout, every results/<track>/<id>/ holding a record.md and a campaign.json."""
-    try:
-        listed = subprocess.run(["git", "ls-files", "--", "results/*/*/record.md"], cwd=REPO, capture_output=True,
-                                text=True, check=True, timeout=60).stdout.split()
-        folders = [REPO / p for p in listed]
-    except (OSError, subprocess.SubprocessError):
-        folders = sorted((REPO / "results").glob("*/*/record.md"))
-    return sorted(p.parent for p in folders if (p.parent / "campaign.json").is_file())
+    """Campaign folders whose record.md is in git."""
+    return [p.parent for p in committed_files("results/*/*/record.md") if (p.parent / "campaign.json").is_file()]
 
 
 CAMPAIGNS = committed_campaigns()

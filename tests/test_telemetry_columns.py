@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, committed_files, run_cli
 from harness.errors import HarnessError
 from harness.telemetry import sampler as sampler_module
 from harness.telemetry import start_sampler, summarize_run
@@ -24,7 +24,8 @@ from harness.telemetry.trace import load_trace, write_npz
 
 TRACES = REPO / "tests" / "fixtures" / "telemetry"
 FAKE_NVML = REPO / "tests" / "fake_nvml"
-COMMITTED = sorted(p.parent for p in list(TRACES.glob("*/telemetry.csv")) + list(REPO.glob("results/*/*/runs/*/telemetry.csv")))
+COMMITTED = [p.parent for p in committed_files("tests/fixtures/telemetry/*/telemetry.csv")
+             + committed_files("results/*/*/runs/*/telemetry.csv")]
 TINY_CAMPAIGN = REPO / "results" / "tiny" / "2026-11-27-h100"
 
 
