@@ -4,7 +4,7 @@ It answers the two questions `--until-significant` raises:
   1. Does the false-positive rate stay at alpha although the test looks after every run? Campaigns whose true
      mean equals the target (the worst case of the null) at the seeds' sigma, looked at after every run from
      n=3 to the budget; next to them the naive procedure (the fixed-N t-test after every run, stop at the
-     first p < 0.01), which DESIGN.md puts at about 0.056 for n=3..20.
+     first p < 0.01), which docs/DESIGN.md "Record rules" puts at about 0.056 for n=3..20.
   2. How many runs does it take? At the seeds' means and spreads (sigma 0.0012-0.0014, means 3.2780-3.2787
      against 3.28): the fixed-N one-sided t-test's runs for 80% and 90% power (exact, noncentral t) against
      the sequential procedure's power and expected runs.

@@ -1,7 +1,7 @@
 """Campaigns: N runs of one or more arms (a track's script, or any script against a track's target),
 one after another on this node, each in its own process group, with everything kept on disk.
 
-Layout (DESIGN.md "Campaigns and results"):
+Layout (docs/DESIGN.md "Campaigns and results"):
     <campaign>/campaign.json          what was asked, the arms, the schedule, environment, pins verdict, status
     <campaign>/runs/<k>/output.txt    the run's full stdout+stderr
     <campaign>/runs/<k>/logs/*.txt    the script's own log (scripts write logs/<uuid>.txt in their cwd)

@@ -116,7 +116,7 @@ def software_fingerprint() -> dict:
 
 
 def fingerprint() -> dict:
-    """The environment a campaign records in campaign.json (see DESIGN.md "Environment fingerprint")."""
+    """The environment a campaign records in campaign.json (see docs/DESIGN.md "Environment fingerprint")."""
     return {"nvidia": nvidia_fingerprint(), "software": software_fingerprint()}
 
 

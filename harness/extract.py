@@ -1,6 +1,6 @@
 """The code embedded in a record log, as files: `speedrun extract LOG_OR_RECORD_FOLDER [--out DIR]`.
 
-Every competition log starts with the source that produced it (DESIGN.md "The log protocol"), so the log is
+Every competition log starts with the source that produced it (docs/DESIGN.md "The log protocol"), so the log is
 the reproducible artifact of a record. Since the Triton-kernel records the embedded text is the script
 followed by one section per extra file the script logged:
 

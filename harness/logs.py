@@ -1,6 +1,6 @@
 """The log protocol: parse the competition's training logs (and our tracks', which print the same format).
 
-Layouts seen in the competition's record logs (DESIGN.md "The log protocol"):
+Layouts seen in the competition's record logs (docs/DESIGN.md "The log protocol"):
 
   2025 onwards (print0):          2024 (f.write):               stdout capture:
       <script source>                 ====== (100 '=')              step:... lines only,

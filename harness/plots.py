@@ -4,7 +4,8 @@
     plots/val_loss.png      val loss against step, one line per run, the track's target dashed
     plots/scaling.png       (scaling campaigns) steady step time per stage against the GPU count, ideal 1/K dotted
 
-A plot is a convenience: a run with a malformed run.json or no telemetry is left out, never fatal.
+A plot is a convenience: a run with a malformed run.json or no telemetry is left out, never fatal; a trace
+without a required column is refused (one error line), not drawn as empty.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.fsio import read_json_object, write_bytes_atomic
-from harness.telemetry.summary import load_trace
+from harness.telemetry.trace import load_trace
 
 
 def _run_dirs(campaign_dir: Path) -> list[Path]:

@@ -1,7 +1,7 @@
 """What a script downloads at run time, fetched once into a cache, so every run of a campaign runs offline
 against the same files: `speedrun prefetch SCRIPT_OR_LOG [--from DIR] [--data-path ROOT]`.
 
-Competition scripts fetch code and data when they start (DESIGN.md "Run-time downloads"): FlashAttention-3 from
+Competition scripts fetch code and data when they start (docs/DESIGN.md "Run-time downloads"): FlashAttention-3 from
 the Hugging Face hub through the `kernels` package (`get_kernel('varunneal/flash-attention-3')`, unpinned, or
 `get_kernel('kernels-community/flash-attn3', version=1)`), tiktoken's GPT-2 BPE (`tiktoken.get_encoding("gpt2")`),
 hub files (`hf_hub_download`, `snapshot_download`). Unpinned, two runs of one campaign can load two kernel builds.

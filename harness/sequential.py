@@ -1,6 +1,6 @@
 """Sequential testing that may look after every run: a scale-invariant t-test e-process.
 
-Why: the record rule is a one-sided t-test at alpha 0.01 (DESIGN.md "Record rules"). Running more runs
+Why: the record rule is a one-sided t-test at alpha 0.01 (docs/DESIGN.md "Record rules"). Running more runs
 until p < 0.01 inflates the false-positive rate to about 0.056 when one looks after every run from n=3 to 20.
 `--until-significant` must stop as soon as the evidence suffices without that inflation, with sigma unknown.
 

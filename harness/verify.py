@@ -2,7 +2,7 @@
 
 PATH is one of our campaign folders (campaign.json, runs/<k>/run.json, runs/<k>/logs/*.txt, record.md) or a
 competition record folder (logs `*.txt` at the top or in subfolders per arm, the statistics in README.md /
-statistics.md at the top or per subfolder; DESIGN.md "Record folders"). Every number is taken from the logs:
+statistics.md at the top or per subfolder; docs/DESIGN.md "Record folders"). Every number is taken from the logs:
 the official result of a run is the val_loss and train_time of its final `step:N/N val_loss:` line.
 
 How a claim is found. The write-up states statistics per arm (record_block.parse_writeup: blocks, one arm per

@@ -35,6 +35,17 @@ def run_cli(*args, env=None, timeout=300, cwd=None):
                           env=full_env, timeout=timeout, cwd=cwd or REPO)
 
 
+def committed_files(pattern: str) -> list[Path]:
+    """Files under REPO matching a glob pattern that git tracks (results/ is git-ignored: a local campaign is
+    not a committed one); outside a git checkout, every file matching it."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--", pattern], cwd=REPO, capture_output=True, text=True,
+                                check=True, timeout=60).stdout.split()
+        return sorted(REPO / p for p in listed)
+    except (OSError, subprocess.SubprocessError):
+        return sorted(REPO.glob(pattern))
+
+
 def write_shard(path: Path, n_tokens: int, magic=20240520, version=1, count=None, seed=0):
     """A FineWeb-format token shard: 256 x int32 header [magic, version, count], then uint16 tokens (BOS first)."""
     import numpy as np

@@ -4,7 +4,7 @@ What runs here: every .nix file parses; flake.nix and flake.lock pin the same ni
 without fetching; `nix flake check` passes; the apps follow tracks/ and end in the right harness command with
 CUDA and unfree on; the driver wrapper and checkout search work inside the built apps; the NixOS module pins
 the driver the tracks name. What needs a machine with internet (the real nixpkgs, its CUDA cache, the driver
-download) is listed in docs/NIX.md.
+download) is listed in README.md "With Nix".
 
 Skipped when `nix` is not installed (`apt-get install nix-bin`).
 """

@@ -2,7 +2,7 @@
 accepted wherever a script is, the log's environment as pins and the pre-flight that stops on another
 PyTorch, `env --for`, and `prefetch` into an offline cache that a campaign then runs against.
 
-The logs here are built in the competition's exact formats (DESIGN.md "The log protocol") from content of
+The logs here are built in the competition's exact formats (docs/DESIGN.md "The log protocol") from content of
 our own; tests/fixtures/record_code/ holds a record-style script that downloads a hub kernel and tiktoken's
 GPT-2 BPE at start-up."""
 

@@ -6,33 +6,31 @@ files byte for byte). The committed record.md files were refreshed with `speedru
 test was added: the ones from 2026-11-27 predated the verdict line (launch, c1e60d8) and the compile-cache
 columns of the runs table (8560bc3), and nothing else differed (the plots re-render byte-identical too).
 When the renderer changes on purpose, re-run `speedrun report results/<track>/<id>` on each and commit the
-new record.md with the change that caused it."""
+new record.md with the change that caused it.
+
+The console of the same command (the runs table, the block, the results line and the verdict) is pinned too,
+in tests/fixtures/rerender/<track>--<id>.console.txt, at a fixed width of 120 columns and without colour. To
+renew one after a deliberate change to the console, from the repository root:
+    COLUMNS=120 python -m harness report results/<track>/<id> > tests/fixtures/rerender/<track>--<id>.console.txt"""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("matplotlib")
 
+from conftest import REPO, committed_files  # noqa: E402
 from harness.cli import main  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+CONSOLES = REPO / "tests" / "fixtures" / "rerender"
 
 
 def committed_campaigns() -> list[Path]:
-    """Campaign folders whose record.md is in git (results/ is git-ignored: a local campaign is not a golden
-    file). Outside a git checkout, every results/<track>/<id>/ holding a record.md and a campaign.json."""
-    try:
-        listed = subprocess.run(["git", "ls-files", "--", "results/*/*/record.md"], cwd=REPO, capture_output=True,
-                                text=True, check=True, timeout=60).stdout.split()
-        folders = [REPO / p for p in listed]
-    except (OSError, subprocess.SubprocessError):
-        folders = sorted((REPO / "results").glob("*/*/record.md"))
-    return sorted(p.parent for p in folders if (p.parent / "campaign.json").is_file())
+    """Campaign folders whose record.md is in git."""
+    return [p.parent for p in committed_files("results/*/*/record.md") if (p.parent / "campaign.json").is_file()]
 
 
 CAMPAIGNS = committed_campaigns()
@@ -54,7 +52,10 @@ def _plot_names(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("committed", CAMPAIGNS, ids=[str(c.relative_to(REPO)) for c in CAMPAIGNS])
-def test_report_rerenders_committed_record_md_byte_for_byte(committed, tmp_path, capsys):
+def test_report_rerenders_record_md_and_console_unchanged(committed, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")  # rich sizes its table to this when stdout is not a terminal
+    for name in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
     copy = tmp_path / committed.name
     shutil.copytree(committed, copy)
     (copy / "record.md").write_text("stale\n", encoding="utf-8")  # proves the file below was rewritten
@@ -70,4 +71,7 @@ def test_report_rerenders_committed_record_md_byte_for_byte(committed, tmp_path,
         f"run `speedrun report {committed.relative_to(REPO)}` and commit the new record.md")
     assert _inputs(copy) == before  # campaign.json, run.json, logs and traces are read, never rewritten
     assert _plot_names(copy) == _plot_names(committed)  # the same figures, so the same ## Plots links
-    assert "results: " in out and str(copy) in out  # the console summary ran to its end
+    console = CONSOLES / f"{committed.parent.name}--{committed.name}.console.txt"
+    assert console.is_file(), f"no {console.relative_to(REPO)}: write it as this module's docstring says"
+    # as printed for the committed folder itself (`speedrun report results/<track>/<id>` from the repo root)
+    assert out.replace(str(copy), str(committed.relative_to(REPO))) == console.read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from conftest import FIXTURES
 import pytest
 
 from harness.telemetry import campaign_outliers, summarize_run, telemetry_markdown
-from harness.telemetry.report import gpu_stragglers
+from harness.telemetry.outliers import gpu_stragglers
 
 TRACES = FIXTURES / "telemetry"
 

@@ -1,5 +1,6 @@
-"""GPU telemetry around a run: a sampler process (sampler.py), per-run summaries (summary.py), campaign
-outliers and the record.md table (report.py).
+"""GPU telemetry around a run: a sampler process (sampler.py) writing the CSVs whose columns columns.py
+defines, the traces read back by their header (trace.py), per-run summaries (summary.py), campaign outliers
+and the record.md table (outliers.py).
 
 Everything here imports without pynvml and without an NVIDIA driver: start_sampler then returns None and
 the run goes on with telemetry off.
@@ -7,6 +8,7 @@ the run goes on with telemetry off.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from harness.telemetry.report import campaign_outliers, telemetry_markdown
-from harness.telemetry.summary import load_trace, summarize_run
+from harness.fsio import read_json_object, write_json_atomic
 from harness.telemetry.files import ENERGY_CSV, EXIT_JSON, META_JSON, TELEMETRY_CSV
+from harness.telemetry.outliers import campaign_outliers, telemetry_markdown
+from harness.telemetry.summary import summarize_run
+from harness.telemetry.trace import load_trace
 
 __all__ = [
     "nvml_available",
@@ -35,7 +39,7 @@ __all__ = [
 def nvml_available() -> tuple[bool, str]:
     """(True, "") when NVML initialises and sees at least one GPU; else (False, one-line reason)."""
     try:
-        import pynvml
+        import pynvml  # optional dependency: without it telemetry is off
     except ImportError:
         return False, "nvidia-ml-py (pynvml) is not installed"
     try:
@@ -82,8 +86,6 @@ class SamplerHandle:
         return self._reason_from_files(rc)
 
     def _reason_from_files(self, rc: int) -> str:
-        from harness.fsio import read_json_object
-
         meta = read_json_object(self.out_dir / META_JSON)
         if meta.get("error"):
             return str(meta["error"])
@@ -116,8 +118,6 @@ class SamplerHandle:
             self._died_reason = self._died_reason or f"stop failed: {e}"
 
     def _write_exit(self, was_alive: bool) -> None:
-        from harness.fsio import write_json_atomic
-
         write_json_atomic(
             self.out_dir / EXIT_JSON,
             {
@@ -172,8 +172,6 @@ def start_sampler(out_dir: Path, gpu_indices: list[int], hz: float = 10.0) -> Sa
 
 
 def _wait_running(handle: SamplerHandle, timeout_s: float) -> None:
-    import json
-
     deadline = time.monotonic() + timeout_s
     meta_path = handle.out_dir / META_JSON
     while time.monotonic() < deadline and handle.alive:

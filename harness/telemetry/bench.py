@@ -19,10 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.telemetry import start_sampler, summarize_run
+
 
 def matmul_load(seconds: float, n: int = 8192, device: str = "cuda") -> int:
     """Sustained bf16 GEMMs (the H100 reaches its power cap within ~0.1 s); returns the GEMM count."""
-    import torch
+    import torch  # deferred: the CPU tests import this module for ab_stats, without torch's import cost
 
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -41,7 +43,7 @@ class TrainLike:
 
     def __init__(self, d: int = 1024, layers: int = 6, heads: int = 8, seq: int = 1024, batch: int = 16,
                  vocab: int = 8192, device: str = "cuda", seed: int = 0):
-        import torch
+        import torch  # deferred, as in matmul_load
         from torch import nn
 
         torch.manual_seed(seed)
@@ -96,8 +98,6 @@ class TrainLike:
 
 def overhead_ab(rounds: int, steps: int, hz: float = 10.0, gpu: int = 0, warmup_steps: int = 20) -> dict:
     """Interleaved A/B of step time without (A) and with (B) the sampler process; ABBA order."""
-    from harness.telemetry import start_sampler
-
     model = TrainLike()
     model.run(warmup_steps)
     order = []
@@ -116,8 +116,6 @@ def overhead_ab(rounds: int, steps: int, hz: float = 10.0, gpu: int = 0, warmup_
             t = model.run(steps)
             if handle is not None:
                 handle.stop()
-                from harness.telemetry import summarize_run
-
                 s = summarize_run(Path(tmp) / f"r{i}", None)
                 gaps.append(s["max_gap_s"])
             times[arm].append(t / steps * 1000.0)

@@ -3,7 +3,7 @@
     python -m harness.telemetry.sampler --out RUN_DIR --gpus 0,1 --hz 10 [--parent-pid PID]
 
 Why a separate process: a sampler thread inside the training process stalls on the GIL (gaps of tens of
-ms) and steals time from the training loop; as a process it costs the run nothing measurable (DESIGN.md,
+ms) and steals time from the training loop; as a process it costs the run nothing measurable (docs/DESIGN.md,
 "Telemetry").
 
 Files it writes in RUN_DIR (see FILES below):
@@ -25,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from harness.telemetry.files import ENERGY_CSV, ENERGY_HEADER, META_JSON, TELEMETRY_CSV, TELEMETRY_HEADER
+from harness.fsio import write_json_atomic
+from harness.telemetry.columns import ENERGY_HEADER, SAMPLED_COLUMNS, TELEMETRY_HEADER, Column
+from harness.telemetry.files import ENERGY_CSV, META_JSON, TELEMETRY_CSV
 
 # A GPU whose every field fails this many ticks in a row is gone (fallen off the bus, driver reset):
 # the sampler then records why and exits rather than writing empty rows forever.
@@ -35,8 +37,6 @@ ENERGY_PERIOD_S = 1.0
 
 def _write_meta(path: Path, meta: dict) -> None:
     # Atomic so that a reader never sees half a file (the sampler may be killed at any point).
-    from harness.fsio import write_json_atomic
-
     write_json_atomic(path, meta)
 
 
@@ -78,6 +78,7 @@ class GpuReader:
         self._reasons_fn = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
             nvml, "nvmlDeviceGetCurrentClocksThrottleReasons"
         )
+        self._readings = self.readings()
 
     def _field(self, name: str, fn):
         if name in self.unsupported:
@@ -91,18 +92,23 @@ class GpuReader:
                 self.last_error = f"{name}: {e}"
             return None
 
-    def row(self) -> tuple[float, list]:
+    def readings(self) -> dict:
+        """How each column of SAMPLED_COLUMNS is read from NVML (run_sampler refuses to start without one)."""
         n, h = self.nvml, self.handle
+        return {
+            "sm_mhz": lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+            "mem_mhz": lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
+            "power_w": lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+            "temp_c": lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+            "util_pct": lambda: n.nvmlDeviceGetUtilizationRates(h).gpu,
+            "mem_used_mib": lambda: n.nvmlDeviceGetMemoryInfo(h).used / 2**20,
+            "reasons": lambda: self._reasons_fn(h),
+        }
+
+    def row(self) -> tuple[float, list]:
+        """The time and one value per SAMPLED_COLUMNS column, in the header's order (None: NVML gave none)."""
         t = time.time()
-        vals = [
-            self._field("sm_mhz", lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
-            self._field("mem_mhz", lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)),
-            self._field("power_w", lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0),
-            self._field("temp_c", lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
-            self._field("util_pct", lambda: n.nvmlDeviceGetUtilizationRates(h).gpu),
-            self._field("mem_used_mib", lambda: n.nvmlDeviceGetMemoryInfo(h).used / 2**20),
-            self._field("reasons", lambda: self._reasons_fn(h)),
-        ]
+        vals = [self._field(c.name, self._readings[c.name]) for c in SAMPLED_COLUMNS]
         if all(v is None for v in vals):
             self.failed_ticks += 1
         else:
@@ -133,12 +139,14 @@ class GpuReader:
         }
 
 
-def _fmt(v) -> str:
+def _cell(column: Column, v) -> str:
+    """One reading as the CSV holds it: blank when NVML gave none, an int column as an integer, a float
+    column with at most 3 decimals."""
     if v is None:
         return ""
-    if isinstance(v, float):
-        return f"{v:.3f}".rstrip("0").rstrip(".")
-    return str(v)
+    if column.type is int:
+        return str(round(v))
+    return f"{float(v):.3f}".rstrip("0").rstrip(".")
 
 
 def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: int | None) -> int:
@@ -162,7 +170,7 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
         return code
 
     try:
-        import pynvml as nvml
+        import pynvml as nvml  # optional dependency: without it the sampler records why and exits
     except ImportError:
         return die("nvidia-ml-py (pynvml) is not installed", 3)
     try:
@@ -177,6 +185,10 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
     except nvml.NVMLError as e:
         nvml.nvmlShutdown()
         return die(f"cannot open GPU(s) {gpu_indices}: {e}", 3)
+    unread = [c.name for c in SAMPLED_COLUMNS if readers and c.name not in readers[0].readings()]
+    if unread:  # a column added to columns.py without its NVML call: no file with a column that is never filled
+        nvml.nvmlShutdown()
+        return die(f"no NVML reading for telemetry column(s) {', '.join(unread)}", 3)
     meta["devices"] = [r.static_info() for r in readers]
 
     period = 1.0 / hz
@@ -193,7 +205,7 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
         for r in readers:
             e = r.energy_mj()
             if e is not None:
-                eng.write(f"{time.time():.3f},{r.index},{e},{kind}\n")
+                eng.write(f"{time.time():.3f},{r.index},{e},{kind}\n")  # ENERGY_COLUMNS' order
         eng.flush()
 
     code = 0
@@ -210,7 +222,8 @@ def run_sampler(out_dir: Path, gpu_indices: list[int], hz: float, parent_pid: in
             lines = []
             for r in readers:
                 t, vals = r.row()
-                lines.append(f"{t:.3f},{r.index}," + ",".join(_fmt(v) for v in vals) + "\n")
+                cells = ",".join(_cell(c, v) for c, v in zip(SAMPLED_COLUMNS, vals))
+                lines.append(f"{t:.3f},{r.index},{cells}\n")
             tel.write("".join(lines))
             tel.flush()  # a killed sampler loses at most one tick
             now = time.monotonic()

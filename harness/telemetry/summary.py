@@ -1,23 +1,22 @@
 """Per-run telemetry summary: what the GPUs did inside the run's timed window.
 
 Reads the sampler's files in a run folder (telemetry.csv, energy.csv, telemetry_meta.json, and
-sampler_exit.json from the harness), and returns one JSON-able dict: per GPU and for the run as a whole
-(the worst GPU where "worst" makes sense). It also writes telemetry.npz, the same series as columns, which
+sampler_exit.json from the harness; trace.py reads them) and returns one JSON-able dict: per GPU and for the
+run as a whole (the worst GPU where "worst" makes sense). It also writes telemetry.npz, the same series as columns, which
 is about 5x smaller than the CSV and loads without parsing.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from harness.errors import HarnessError
 from harness.fsio import read_json_object
-from harness.telemetry.files import ENERGY_CSV, EXIT_JSON, META_JSON, NPZ, TELEMETRY_CSV
+from harness.telemetry.files import META_JSON
+from harness.telemetry.trace import Trace, load_trace, write_npz
 
 # Clock-event ("throttle") reason bits of nvmlDeviceGetCurrentClocksEventReasons that the summary reports.
 THROTTLE_REASONS = {
@@ -29,108 +28,8 @@ THROTTLE_REASONS = {
     "hw_power_brake": 0x80,
 }
 
-COLUMNS = ("t_unix", "gpu", "sm_mhz", "mem_mhz", "power_w", "temp_c", "util_pct", "mem_used_mib", "reasons")
-
 # A gap between two ticks longer than this many periods counts as a sampler gap.
 GAP_FACTOR = 3.0
-
-
-@dataclass
-class Trace:
-    """All samples of one run, as float arrays (NaN where NVML gave nothing)."""
-
-    cols: dict[str, np.ndarray]
-    energy: dict[str, np.ndarray]  # t_unix, gpu, energy_mj, kind (0 start, 1 tick, 2 end)
-    meta: dict = field(default_factory=dict)
-    exit: dict = field(default_factory=dict)
-
-    @property
-    def gpus(self) -> list[int]:
-        found = set(int(g) for g in self.cols["gpu"]) | set(int(g) for g in self.energy["gpu"])
-        return sorted(found | set(self.meta.get("gpus", [])))
-
-    def gpu(self, index: int) -> dict[str, np.ndarray]:
-        """The samples of one GPU, sorted by time."""
-        sel = self.cols["gpu"] == index
-        order = np.argsort(self.cols["t_unix"][sel], kind="stable")
-        return {k: v[sel][order] for k, v in self.cols.items()}
-
-    def gpu_energy(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        sel = self.energy["gpu"] == index
-        t, e = self.energy["t_unix"][sel], self.energy["energy_mj"][sel]
-        order = np.argsort(t, kind="stable")
-        return t[order], e[order]
-
-    @property
-    def hz(self) -> float:
-        if self.meta.get("hz"):
-            return float(self.meta["hz"])
-        t = np.unique(self.cols["t_unix"])
-        return 1.0 / float(np.median(np.diff(t))) if len(t) > 2 else 10.0
-
-
-_ENERGY_KINDS = {"start": 0, "tick": 1, "end": 2}
-
-
-def _num(s: str) -> float:
-    try:
-        return float(s) if s != "" else math.nan
-    except ValueError:
-        return math.nan
-
-
-def _read_csv(path: Path, names: tuple[str, ...], conv) -> dict[str, np.ndarray]:
-    """Read a sampler CSV; a torn last line (sampler killed mid-write) or a malformed row is skipped."""
-    rows = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.reader(f)
-        next(reader, None)  # header
-        for row in reader:
-            if len(row) != len(names):
-                continue
-            vals = [conv(n, v) for n, v in zip(names, row)]
-            if math.isnan(vals[0]) or math.isnan(vals[1]):  # no time or no GPU index
-                continue
-            rows.append(vals)
-    arr = np.array(rows, dtype=np.float64).reshape(-1, len(names))
-    return {n: arr[:, i] for i, n in enumerate(names)}
-
-
-def load_trace(run_dir: Path) -> Trace | None:
-    """The run's telemetry (CSV preferred, else the .npz written by an earlier summary); None if none."""
-    run_dir = Path(run_dir)
-    meta = read_json_object(run_dir / META_JSON)
-    exit_info = read_json_object(run_dir / EXIT_JSON)
-    tel_csv = run_dir / TELEMETRY_CSV
-    if tel_csv.is_file():
-        cols = _read_csv(tel_csv, COLUMNS, lambda n, v: _num(v))
-        en_csv = run_dir / ENERGY_CSV
-        if en_csv.is_file():
-            energy = _read_csv(
-                en_csv,
-                ("t_unix", "gpu", "energy_mj", "kind"),
-                lambda n, v: float(_ENERGY_KINDS.get(v, -1)) if n == "kind" else _num(v),
-            )
-        else:
-            energy = {k: np.zeros(0) for k in ("t_unix", "gpu", "energy_mj", "kind")}
-        return Trace(cols, energy, meta, exit_info)
-    npz = run_dir / NPZ
-    if npz.is_file():
-        with np.load(npz) as z:
-            cols = {k: z[k] for k in COLUMNS}
-            energy = {k: z["energy_" + k] for k in ("t_unix", "gpu", "energy_mj", "kind")}
-        return Trace(cols, energy, meta, exit_info)
-    return None
-
-
-def write_npz(run_dir: Path, trace: Trace) -> Path:
-    from harness.fsio import write_bytes_atomic
-
-    buf = io.BytesIO()
-    arrays = {k: trace.cols[k].astype(np.float32 if k not in ("t_unix",) else np.float64) for k in COLUMNS}
-    arrays.update({"energy_" + k: v for k, v in trace.energy.items()})
-    np.savez_compressed(buf, **arrays)
-    return write_bytes_atomic(Path(run_dir) / NPZ, buf.getvalue())
 
 
 def _interval_weights(t: np.ndarray, lo: float, hi: float, period: float) -> np.ndarray:
@@ -242,7 +141,12 @@ def summarize_run(run_dir: Path, timed_window: tuple[float, float] | None) -> di
     None when the run has no telemetry (sampler not started: no NVML, or telemetry off).
     """
     run_dir = Path(run_dir)
-    tr = load_trace(run_dir)
+    try:
+        tr = load_trace(run_dir)
+    except HarnessError as e:  # a trace without a required column: said in the summary, not a failed run
+        meta = read_json_object(run_dir / META_JSON)
+        return {"sampler_died": True, "sampler_note": f"telemetry unreadable: {e}",
+                "gpus": meta.get("gpus", []), "per_gpu": {}}
     if tr is None:
         meta = read_json_object(run_dir / META_JSON)
         if meta:  # the sampler started but wrote no series: say why

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,6 +15,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 from harness.telemetry import nvml_available, start_sampler, summarize_run  # noqa: E402
 from harness.telemetry.bench import matmul_load  # noqa: E402
+from harness.telemetry.columns import TELEMETRY_COLUMNS, TELEMETRY_HEADER  # noqa: E402
+from harness.telemetry.trace import load_trace as read_trace  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,16 @@ def load_trace(tmp_path_factory):
     time.sleep(2.0)
     h.stop()
     assert h.died_reason is None
-    first = min(float(line.split(",")[0]) for line in (run_dir / "telemetry.csv").read_text().splitlines()[1:])
+    first = float(read_trace(run_dir).cols["t_unix"].min())
     return run_dir, (t0, t1), (first, t0 - 0.3)
+
+
+def test_a_real_gpu_fills_every_telemetry_column(load_trace):
+    run_dir, _, _ = load_trace
+    assert (run_dir / "telemetry.csv").read_text().splitlines()[0] == TELEMETRY_HEADER
+    trace = read_trace(run_dir)
+    empty = [c.name for c in TELEMETRY_COLUMNS if np.isnan(trace.cols[c.name]).all()]
+    assert empty == []  # an H100 supports every field the sampler reads
 
 
 def test_sampler_sees_power_and_clock_move_under_load(load_trace):
@@ -45,7 +56,8 @@ def test_sampler_sees_power_and_clock_move_under_load(load_trace):
     assert busy["util_mean_pct"] > 80 and quiet["util_mean_pct"] < 20
     # Under a sustained GEMM the SM clock leaves its idle value (H100: power cap pulls it to 1.2-1.5 GHz).
     assert busy["sm_clock_mean_mhz"] != pytest.approx(quiet["sm_clock_mean_mhz"], abs=20)
-    # A sustained GEMM holds an H100 at its power cap (DESIGN.md): the SW power-cap reason most of the time.
+    # A sustained GEMM holds an H100 at its power cap (docs/DESIGN.md "Telemetry"): the SW power-cap reason
+    # most of the time.
     assert busy["throttle_s"]["sw_power_cap"] > 0.5 * busy["window_s"]
     assert busy["throttle_s"]["idle"] < 0.5
 

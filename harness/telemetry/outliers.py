@@ -196,7 +196,7 @@ def _f(v, fmt="{:.0f}") -> str:
 
 
 def telemetry_markdown(run_summaries: list[tuple[str, dict]]) -> str:
-    """The body of record.md's telemetry section (report.py writes the heading): one row per run, then the
+    """The body of record.md's telemetry section (harness/report.py writes the heading): one row per run, then the
     outlier lines."""
     out: list[str] = []
     runs = [(label, s) for label, s in run_summaries if s]
