@@ -6,7 +6,7 @@ Layout (docs/DESIGN.md "Campaigns and results"):
     <campaign>/runs/<k>/output.txt    the run's full stdout+stderr
     <campaign>/runs/<k>/logs/*.txt    the script's own log (scripts write logs/<uuid>.txt in their cwd)
     <campaign>/runs/<k>/run.json      the parsed result: status, reason, final loss and time, val curve, ...
-    <campaign>/record.md, plots/      written by report.py
+    <campaign>/record.md, plots/      written by the command (record_md.py), through run_campaign's on_finish
 
 A run whose process fails, hangs, never reaches its final val_loss line or reports a non-finite loss is
 recorded as failed with its reason and the campaign goes on. Ctrl-C stops the current run's whole process
@@ -31,18 +31,20 @@ from pathlib import Path
 from typing import Callable
 
 from harness import compile_cache, telemetry
-from harness.env import campaign_env
+from harness.fingerprint import campaign_env
 from harness.errors import HarnessError
-from harness.fsio import (is_disk_full, read_json, release_space, remove_stale_tmp, reserve_space, sha256_file,
-                          write_json_atomic)
+from harness.extract import is_record_spec, load_record_code, write_code
+from harness.fsio import is_disk_full, release_space, remove_stale_tmp, reserve_space, sha256_file
 from harness.lock import campaign_lock, refuse_if_owned
+from harness.logs import parse_log
 from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_processes, run_tag,
                            signals_held)
 from harness.preflight import check_arms
+from harness.progress import LiveDisplay
+from harness.results import (FAILED, FORMAT_VERSION, INTERRUPTED, OK, finished_runs, is_campaign, load_runs,
+                             log_files, read_campaign_json, run_log_path, run_of, write_campaign, write_run)
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 
-FORMAT_VERSION = 1
-FINISHED = ("ok", "failed")  # run statuses that resume keeps
 _STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
 _TRAIN_TIME_RE = re.compile(r"\btrain_time:(\d+(?:\.\d+)?)ms")
 POLL_S = 0.25
@@ -99,8 +101,6 @@ class Arm:
 
 def is_code_spec(spec: str) -> bool:
     """A command-line argument that names code rather than a track: a script, a record log or record folder."""
-    from harness.extract import is_record_spec
-
     return Path(spec).suffix == ".py" or is_record_spec(spec)
 
 
@@ -120,8 +120,6 @@ def make_arm(spec: str, *, name: str, default_track: Track | None = None, nproc:
         track, script = default_track, p.resolve()
         code = {"kind": "script", "from": str(script)}
     elif is_code_spec(spec):
-        from harness.extract import load_record_code, write_code
-
         if default_track is None:
             raise HarnessError(f"record code {spec} needs a track whose target it is run against")
         if code_dir is None:
@@ -156,7 +154,7 @@ def parse_env_pairs(pairs: list[str] | None) -> dict[str, str]:
 def new_campaign_dir(track_name: str, out: str | Path | None = None) -> Path:
     if out is not None:
         d = Path(out)
-        if (d / "campaign.json").exists():
+        if is_campaign(d):
             refuse_if_owned(d)  # a live campaign: name its owner
             raise HarnessError(f"{d} already holds a campaign: use --resume {d} to finish it, or another --out")
         return d
@@ -259,16 +257,6 @@ def _end_run(proc: subprocess.Popen, tag: str) -> int:
         return proc.wait()
 
 
-def _log_files(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "logs").glob("*.txt"), key=lambda p: p.stat().st_mtime)
-
-
-def run_log_path(run_dir: Path) -> Path:
-    """The log a run's result is read from: the script's own (newest) log file, else its captured output."""
-    files = _log_files(run_dir)
-    return files[-1] if files else run_dir / "output.txt"
-
-
 def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: str,
                 on_progress: Callable[[RunProgress], None] | None = None, telemetry: bool = True) -> dict:
     """Run one arm once in run_dir; return the run.json dict (also written). KeyboardInterrupt propagates
@@ -281,7 +269,7 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
     progress = RunProgress()
     sampler = _start_telemetry(run_dir, arm, env) if telemetry else None
     started = time.time()
-    status, reason, returncode = "ok", None, None
+    status, reason, returncode = OK, None, None
     out_path = run_dir / "output.txt"
     # output.txt holds the run's bytes exactly as written (undecodable and NUL bytes too); readers decode it
     # leniently.
@@ -295,7 +283,7 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
         try:
             while proc.poll() is None:
                 time.sleep(POLL_S)
-                logs = _log_files(run_dir)
+                logs = log_files(run_dir)
                 size = sum(p.stat().st_size for p in logs)
                 if size != last_size:  # a script that logs only to its file is still alive
                     last_size, progress.last_output = size, time.time()
@@ -306,13 +294,13 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                 if progress.write_error:
                     break
                 if progress.nonfinite:
-                    status, reason = "failed", progress.nonfinite
+                    status, reason = FAILED, progress.nonfinite
                 elif now - started > arm.track.timeout_s:
-                    status, reason = "failed", f"timed out after {arm.track.timeout_s:.0f} s (track timeout_s)"
+                    status, reason = FAILED, f"timed out after {arm.track.timeout_s:.0f} s (track timeout_s)"
                 elif now - progress.last_output > arm.track.hang_timeout_s:
-                    status, reason = "failed", (f"hung: no new output for {arm.track.hang_timeout_s:.0f} s "
+                    status, reason = FAILED, (f"hung: no new output for {arm.track.hang_timeout_s:.0f} s "
                                                 f"(last step seen {progress.step}/{progress.total})")
-                if status == "failed":
+                if status == FAILED:
                     break
         except KeyboardInterrupt:
             with signals_held():
@@ -336,17 +324,17 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                                returncode=returncode, started=started, ended=ended, progress=progress, env=env)
     if telemetry:
         result["telemetry"] = _summarize_telemetry(run_dir, result.get("timed_window_unix"))
-    write_json_atomic(run_dir / "run.json", result)
+    write_run(run_dir, result)
     return result
 
 
 def _write_interrupted(run_dir: Path, arm: Arm, index: int, seed: int, started: float, reason: str,
                        extra: dict | None = None) -> None:
     """Best effort: a run without run.json is redone by --resume all the same."""
-    result = {"index": index, "arm": arm.name, "seed": seed, "status": "interrupted", "reason": reason,
+    result = {"index": index, "arm": arm.name, "seed": seed, "status": INTERRUPTED, "reason": reason,
               "started_unix": started, "ended_unix": time.time(), **(extra or {})}
     try:
-        write_json_atomic(run_dir / "run.json", result)
+        write_run(run_dir, result)
     except OSError:
         pass
 
@@ -399,20 +387,18 @@ def _follow_log(log_files: list[Path], progress: RunProgress) -> None:
 
 def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, returncode, started, ended,
                       progress: RunProgress, env: dict[str, str] | None = None) -> dict:
-    from harness.logs import parse_log
-
     log_path = run_log_path(run_dir)
     text = log_path.read_text(encoding="utf-8", errors="replace")
     parsed = parse_log(text)
-    if status == "ok":
+    if status == OK:
         if returncode != 0:
-            status, reason = "failed", f"exited with code {returncode}: {_failure_line(run_dir / 'output.txt')}"
+            status, reason = FAILED, f"exited with code {returncode}: {_failure_line(run_dir / 'output.txt')}"
         elif not parsed.reached_final:
-            status, reason = "failed", (f"never printed its final val_loss line (last step seen "
+            status, reason = FAILED, (f"never printed its final val_loss line (last step seen "
                                         f"{parsed.steps[-1].step if parsed.steps else 'none'}"
                                         f"/{parsed.total_steps or '?'})")
         elif parsed.final_val_loss is None or not math.isfinite(parsed.final_val_loss):
-            status, reason = "failed", f"non-finite final val_loss ({parsed.final_val_loss})"
+            status, reason = FAILED, f"non-finite final val_loss ({parsed.final_val_loss})"
     window = None
     if progress.first_step_unix:
         window = [progress.first_step_unix, progress.final_step_unix or progress.last_step_unix]
@@ -534,45 +520,19 @@ def environment_record(arm: Arm) -> dict:
 # The campaign
 
 
-def load_runs(campaign_dir: str | Path) -> list[dict]:
-    """run.json of every run in schedule order (runs not started yet are absent)."""
-    runs_dir = Path(campaign_dir) / "runs"
-    out = []
-    for d in sorted(runs_dir.glob("*"), key=lambda p: (len(p.name), p.name)):
-        if d.is_dir() and d.name.isdigit() and (d / "run.json").exists():
-            out.append(read_json(d / "run.json"))
-    return out
-
-
 def preflight(arms: list[Arm]) -> None:
     """Before anything is launched: GPUs, CUDA and data, with the environment each arm's runs get."""
     check_arms(arms, [arm_environment(a) for a in arms])
 
 
-CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of campaign.json relies on
-
-
-def load_campaign(campaign_dir: str | Path) -> dict:
-    d = Path(campaign_dir)
-    if not d.is_dir():
-        raise HarnessError(f"{d}: no such campaign folder")
-    if not (d / "campaign.json").is_file():
-        raise HarnessError(f"{d}: not a campaign folder (no campaign.json)")
-    campaign = read_json(d / "campaign.json")
-    if not isinstance(campaign, dict):
-        raise HarnessError(f"{d / 'campaign.json'}: not a JSON object")
-    missing = [k for k in CAMPAIGN_KEYS if k not in campaign]
-    if missing:
-        raise HarnessError(f"{d / 'campaign.json'}: missing {', '.join(map(repr, missing))} (not written by speedrun?)")
-    return campaign
-
-
 def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                  stop_rule: Callable[[list[dict]], str | None] | None = None, telemetry: bool = True,
                  resume: bool = False, kind: str = "run", seeds: list[int] | None = None,
-                 extra: dict | None = None, quiet: bool = False) -> Path:
+                 extra: dict | None = None, quiet: bool = False,
+                 on_finish: Callable[[Path], None] | None = None) -> Path:
     """Run `schedule` (arm names, in order) into out_dir, holding the folder's lock throughout. Returns
-    out_dir. Raises KeyboardInterrupt after a clean stop on Ctrl-C (campaign.json then says 'interrupted'),
+    out_dir. on_finish(out_dir) is called, still under the lock, once campaign.json says how the campaign
+    ended (complete, stopped early or interrupted): the command writes record.md there. Raises KeyboardInterrupt after a clean stop on Ctrl-C (campaign.json then says 'interrupted'),
     and HarnessError when the folder has another owner or the disk fills up (then also 'interrupted')."""
     out_dir = Path(out_dir).resolve()
     by_name = {a.name: a for a in arms}
@@ -585,14 +545,13 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
         out_dir.mkdir(parents=True, exist_ok=True)
     with campaign_lock(out_dir):
         remove_stale_tmp(out_dir)  # of a harness killed mid-write; no other writer exists while we hold the lock
-        campaign_path = out_dir / "campaign.json"
         if resume:
-            campaign = read_json(campaign_path)
+            campaign = read_campaign_json(out_dir)
             if campaign.get("status") == "complete":  # finished while we waited to look
                 raise HarnessError(f"{out_dir}: this campaign is already complete")
             _end_leftovers(out_dir)
         else:
-            if campaign_path.exists():  # another harness made it between our check and our lock
+            if is_campaign(out_dir):  # another harness made it between our check and our lock
                 raise HarnessError(f"{out_dir} already holds a campaign: use --resume {out_dir} to finish it, "
                                    f"or another --out")
             first = arms[0]
@@ -613,11 +572,11 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
             }
         campaign["status"] = "running"
         campaign.pop("stop_reason", None)
-        write_json_atomic(campaign_path, campaign)
+        write_campaign(out_dir, campaign)
         reserve = reserve_space(out_dir / RESERVE_NAME)
         try:
             _run_schedule(out_dir, campaign, by_name, schedule, seeds, stop_rule=stop_rule, telemetry=telemetry,
-                          quiet=quiet, reserve=reserve)
+                          quiet=quiet, reserve=reserve, on_finish=on_finish or (lambda d: None))
         finally:
             release_space(reserve)
     return out_dir
@@ -634,13 +593,10 @@ def _end_leftovers(out_dir: Path) -> None:
 
 
 def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedule: list[str], seeds: list[int],
-                  *, stop_rule, telemetry: bool, quiet: bool, reserve: Path | None) -> None:
-    from harness import report
-
-    campaign_path = out_dir / "campaign.json"
+                  *, stop_rule, telemetry: bool, quiet: bool, reserve: Path | None, on_finish) -> None:
     arms = list(by_name.values())
-    display = _Display(len(schedule), quiet=quiet)
-    completed = [r for r in load_runs(out_dir) if r.get("status") in FINISHED]
+    display = LiveDisplay(len(schedule), quiet=quiet)
+    completed = finished_runs(load_runs(out_dir))
     done = {r["index"] for r in completed}
     stop_reason = stop_rule(completed) if (stop_rule and completed) else None
     k, arm = None, None
@@ -650,7 +606,7 @@ def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedu
                 if stop_reason:
                     break
                 if k in done:
-                    display.run_done(k, completed_result(completed, k))
+                    display.run_done(k, run_of(completed, k))
                     continue
                 run_dir = out_dir / "runs" / str(k)
                 if run_dir.exists():  # left by an interrupted attempt: keep it aside, never delete it
@@ -659,7 +615,7 @@ def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedu
                 display.run_start(k, arm_name)
                 result = execute_run(arm, run_dir, index=k, seed=seeds[k], campaign_id=campaign["id"],
                                      on_progress=display.run_progress, telemetry=telemetry)
-                if result["status"] == "failed" and _failed_for_disk_space(run_dir):
+                if result["status"] == FAILED and _failed_for_disk_space(run_dir):
                     # the script itself hit the full disk: not the code's failure, so the run is redone
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir))
                 completed.append(result)
@@ -670,24 +626,15 @@ def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedu
         if stop_reason:
             campaign["stop_reason"] = stop_reason
         campaign["triton_autotune"] = compile_cache.autotune_record(arms)  # the configs runs 2..N used (issue 13)
-        write_json_atomic(campaign_path, campaign)
-        report.write_record(out_dir)
+        write_campaign(out_dir, campaign)
+        on_finish(out_dir)
     except KeyboardInterrupt:
         with signals_held():  # a second Ctrl-C must not leave the campaign marked running
             end_processes(lambda: campaign_leftovers(out_dir))  # one interrupted between fork and bookkeeping
-            campaign["status"] = "interrupted"
+            campaign["status"] = INTERRUPTED
             campaign["triton_autotune"] = compile_cache.autotune_record(arms)
-            write_json_atomic(campaign_path, campaign)
-            report.write_record(out_dir)
-        raise
-        write_json_atomic(campaign_path, campaign)
-        report.write_record(out_dir)
-    except KeyboardInterrupt:
-        with signals_held():  # a second Ctrl-C must not leave the campaign marked running
-            end_processes(lambda: campaign_leftovers(out_dir))  # one interrupted between fork and bookkeeping
-            campaign["status"] = "interrupted"
-            write_json_atomic(campaign_path, campaign)
-            report.write_record(out_dir)
+            write_campaign(out_dir, campaign)
+            on_finish(out_dir)
         raise
     except OSError as e:
         if not is_disk_full(e):
@@ -720,67 +667,10 @@ def _mark_interrupted_by_disk(out_dir: Path, campaign: dict, k: int | None, arm:
     """campaign.json and the current run's run.json say 'interrupted'; False if even that did not fit."""
     if k is not None and arm is not None and (out_dir / "runs" / str(k)).is_dir():
         _write_interrupted(out_dir / "runs" / str(k), arm, k, seeds[k], time.time(), "no space left on device")
-    campaign["status"] = "interrupted"
+    campaign["status"] = INTERRUPTED
     campaign["stop_reason"] = "no space left on device"
     try:
-        write_json_atomic(out_dir / "campaign.json", campaign)
+        write_campaign(out_dir, campaign)
         return True
     except OSError:
         return False
-
-
-def completed_result(completed: list[dict], k: int) -> dict:
-    return next(r for r in completed if r["index"] == k)
-
-
-class _Display:
-    """rich live progress: run i of N, step k of M, last val loss, elapsed and ETA."""
-
-    def __init__(self, n_runs: int, quiet: bool = False):
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.console = Console(stderr=True, quiet=quiet)
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
-            transient=False,
-        )
-        self.n_runs = n_runs
-        self.campaign_task = self.progress.add_task("campaign", total=n_runs, info="")
-        self.run_task = None
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def run_start(self, k: int, arm: str) -> None:
-        from rich.markup import escape
-
-        if self.run_task is not None:
-            self.progress.remove_task(self.run_task)
-        # the description is markup (TextColumn): the arm name is escaped, never rendered
-        self.run_task = self.progress.add_task(f"run {k + 1}/{self.n_runs} {escape('[' + arm + ']')}", total=None,
-                                               info="starting")
-
-    def run_progress(self, p: RunProgress) -> None:
-        if self.run_task is None:
-            return
-        loss = f"val_loss {p.last_val_loss:.4f}" if p.last_val_loss is not None else "val_loss -"
-        self.progress.update(self.run_task, completed=p.step, total=p.total, info=f"step {p.step}  {loss}")
-
-    def run_done(self, k: int, result: dict) -> None:
-        self.progress.advance(self.campaign_task)
-        from rich.text import Text
-
-        # Text, never markup: a reason quotes the run's own output
-        if result.get("status") == "ok":
-            msg = Text.assemble((f"run {k + 1} ok", "green"), f"  val_loss {result['final_val_loss']:.4f}  "
-                                f"train_time {result['train_time_s']:.3f} s")
-        else:
-            msg = Text.assemble((f"run {k + 1} failed", "red"), f": {result.get('reason')}")
-        self.progress.console.print(msg)

@@ -1,12 +1,20 @@
-"""`speedrun` command line: argument parsing only; each command calls one function that tests call too."""
+"""`speedrun` command line: argument parsing only; each command calls one function of harness/commands/ that
+tests call too.
+
+A command's module is imported only when that command runs: the commands pull in numpy, scipy, torch, rich
+and matplotlib, and `speedrun --help` or a bad flag must answer at once. These are the deferred imports of
+the CLI; everywhere else imports sit at the top of the module.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 
 from harness.errors import HarnessError
+from harness.fsio import is_disk_full
 
 
 def _floats(text: str) -> list[float]:
@@ -192,12 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _env_pairs(pairs):
-    from harness.campaign import parse_env_pairs  # imported by the commands that run campaigns only
+    from harness.campaign import parse_env_pairs  # deferred (see the module docstring)
 
     return parse_env_pairs(pairs)
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    # Every import below is deferred on purpose (see the module docstring).
     if args.command in ("run", "compare", "scaling"):
         from harness.compile_cache import apply_options
 
@@ -212,7 +221,7 @@ def dispatch(args: argparse.Namespace) -> int:
                                                   lean=args.lean)
         return compile_cache.cmd_cache_import(args.files, cache_dir=args.cache_dir)
     if args.command == "run":
-        from harness.run_command import cmd_run
+        from harness.commands.run import cmd_run
 
         return cmd_run(args)
     if args.command == "stats":
@@ -221,7 +230,7 @@ def dispatch(args: argparse.Namespace) -> int:
         print(render_block(args.losses, args.times, args.target, with_p=not args.no_p), end="")
         return 0
     if args.command == "verify":
-        from harness.verify import cmd_verify, cmd_verify_each
+        from harness.commands.verify import cmd_verify, cmd_verify_each
 
         if (args.path is None) == (args.each is None):
             raise HarnessError("verify takes a folder, or --each FOLDER (not both)")
@@ -229,15 +238,13 @@ def dispatch(args: argparse.Namespace) -> int:
             return cmd_verify_each(args.each, target=args.target, alpha=args.alpha)
         return cmd_verify(args.path, target=args.target, alpha=args.alpha)
     if args.command == "report":
-        from harness.report import cmd_report
+        from harness.commands.report import cmd_report
 
         return cmd_report(args.campaign)
     if args.command == "env":
-        from harness.env import cmd_env
+        from harness.commands.env import cmd_env, cmd_env_for
 
         if args.for_log:
-            from harness.record_env import cmd_env_for
-
             return cmd_env_for(args.for_log)
         return cmd_env(check_track=args.check, as_json=args.json)
     if args.command == "autotune":
@@ -250,33 +257,33 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_data(args.dataset, shards=args.shards, data_path=args.data_path, from_dir=args.from_dir,
                         track=args.track)
     if args.command == "compare":
-        from harness.compare import cmd_compare
+        from harness.commands.compare import cmd_compare
 
         return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
                            max_runs=args.max_runs, out=args.out, env=_env_pairs(args.env), nproc=args.nproc,
                            data_path=args.data_path, telemetry=not args.no_telemetry, quiet=args.quiet,
                            add_files=args.add_file, track=args.track, run_anyway=args.run_anyway)
     if args.command == "scaling":
-        from harness.scaling import cmd_scaling
+        from harness.commands.scaling import cmd_scaling
 
         return cmd_scaling(args.track, args.gpus, runs=args.runs, out=args.out, env=_env_pairs(args.env),
                            script=args.script, data_path=args.data_path, telemetry=not args.no_telemetry,
                            quiet=args.quiet, add_files=args.add_file, run_anyway=args.run_anyway)
     if args.command == "plan":
-        from harness.plan import cmd_plan
+        from harness.commands.plan import cmd_plan
 
         return cmd_plan(target=args.target, sigma=args.sigma, mean=args.mean, power=args.power, alpha=args.alpha,
                         from_campaign=args.from_campaign)
     if args.command == "extract":
-        from harness.extract import cmd_extract
+        from harness.commands.extract import cmd_extract
 
         return cmd_extract(args.path, out=args.out)
     if args.command == "prefetch":
-        from harness.prefetch import cmd_prefetch
+        from harness.commands.prefetch import cmd_prefetch
 
         return cmd_prefetch(args.path, from_dirs=args.from_dirs, data_path=args.data_path)
     if args.command == "bench-sequential":
-        from harness.sequential import cmd_bench_sequential
+        from harness.commands.bench_sequential import cmd_bench_sequential
 
         return cmd_bench_sequential(sims=args.sims)
     raise AssertionError(args.command)
@@ -285,8 +292,6 @@ def dispatch(args: argparse.Namespace) -> int:
 def _interrupt_on_sigterm() -> None:
     """A CI cancel or `timeout` sends SIGTERM: stop like Ctrl-C, so the current run's process group is
     stopped and the campaign is marked interrupted (resumable) rather than left half-written."""
-    import signal
-
     def handler(signum, frame):
         raise KeyboardInterrupt
 
@@ -308,8 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except OSError as e:  # a full disk under any command: one line, not a traceback
-        from harness.fsio import is_disk_full
-
         if not is_disk_full(e):
             raise
         print(f"error: {e.filename or 'a write'}: no space left on device", file=sys.stderr)

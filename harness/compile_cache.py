@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.fingerprint import nvidia_fingerprint
 from harness.fsio import sha256_file, write_bytes_atomic, write_json_atomic
 from harness.tracks import REPO_ROOT
 
@@ -72,8 +73,6 @@ MAX_HEADER = 4096
 @functools.lru_cache(maxsize=1)
 def node_identity() -> dict:
     """This node's part of the key: GPU model and driver (NVML), CUDA/torch/Triton/Python versions."""
-    from harness.env import nvidia_fingerprint
-
     nv = nvidia_fingerprint()
     out = {"gpu": nv.get("model") if nv.get("available") else None,
            "driver": nv.get("driver") if nv.get("available") else None,

@@ -1,4 +1,5 @@
-"""The code embedded in a record log, as files: `speedrun extract LOG_OR_RECORD_FOLDER [--out DIR]`.
+"""The code embedded in a record log, as files (`speedrun extract LOG_OR_RECORD_FOLDER [--out DIR]`), and where
+an arm's code came from.
 
 Every competition log starts with the source that produced it (docs/DESIGN.md "The log protocol"), so the log is
 the reproducible artifact of a record. Since the Triton-kernel records the embedded text is the script
@@ -24,6 +25,9 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.fsio import sha256_file, write_bytes_atomic
+from harness.logs import parse_log_file
+from harness.record_pins import log_pins
+from harness.verify import verify_path
 
 SCRIPT_NAME = "train_gpt.py"  # what the competition calls the script; the log does not name it
 _DASHES = "-" * 40
@@ -79,8 +83,6 @@ def split_source(source: str, script_name: str = SCRIPT_NAME) -> list[tuple[str,
 
 def code_from_log(path: str | Path) -> RecordCode:
     """The code embedded in one log file; a log without embedded source (a stdout capture) is bad input."""
-    from harness.logs import parse_log_file
-    from harness.record_env import log_pins
 
     log = Path(path)
     parsed = parse_log_file(log)
@@ -100,7 +102,6 @@ def code_from_log(path: str | Path) -> RecordCode:
 def code_from_folder(path: str | Path) -> RecordCode:
     """The code of a record (or campaign) folder's claim: the logs `speedrun verify` takes as the claim must
     embed one code; otherwise say which logs differ."""
-    from harness.verify import verify_path
 
     root = Path(path)
     # The claim's logs do not depend on the target (it only enters the t-test): any number will do here.
@@ -203,16 +204,17 @@ def default_out_dir(code: RecordCode) -> Path:
     return Path(f"code-{code.source_sha256[:12]}")
 
 
-def cmd_extract(path: str, out: str | None = None) -> int:
-    """`speedrun extract`: write the files, print their sha256 (the `sha256sum` format) and where they came from."""
-    code = load_record_code(path)
-    out_dir = Path(out) if out else default_out_dir(code)
-    prov = write_code(code, out_dir)
-    for name, digest in prov["files"].items():
-        print(f"{digest}  {Path(prov['dir']) / name}")
-    print(f"embedded source sha256 {code.source_sha256} (the parser's hash; the files join back to it)")
-    where = f"{code.log} (log sha256 {code.log_sha256[:12]})"
-    if code.origin:
-        where += f", {code.note} in {code.origin}"
-    print(f"from {where}")
-    return 0
+RECORD_KINDS = ("record-log", "record-folder")  # the code kinds that come from a record log
+
+
+def describe_code(code: dict) -> str:
+    """One line: where an arm's code came from."""
+    kind = code.get("kind")
+    if kind == "track":
+        return f"track {code.get('track')}"
+    if kind == "script":
+        return f"script {code.get('from')}"
+    if kind in RECORD_KINDS:
+        what = "record log" if kind == "record-log" else "record folder"
+        return f"{what} {code.get('from')}, code {str(code.get('source_sha256'))[:12]}"
+    return "unknown origin"

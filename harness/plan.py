@@ -1,4 +1,4 @@
-"""`speedrun plan`: how many runs a claim needs, fixed-N against sequential.
+"""How many runs a claim needs, fixed-N against sequential (`speedrun plan`).
 
     speedrun plan --target 3.28 --sigma 0.0013 --mean 3.2785 [--power 0.9]
     speedrun plan --from results/short/<campaign>      # sigma and mean from a finished campaign
@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import sequential
 from harness.errors import HarnessError
+from harness.results import arm_series, claim_arm, load_campaign, load_runs
+from harness.rules import ALPHA
 
 PLAN_SIMS = 20000
 # Bounded work for any input: the sequential budget is capped, and the simulated campaigns shrink as the
@@ -50,9 +53,6 @@ class Plan:
 
 def campaign_estimates(campaign_dir: str | Path) -> tuple[float, float, float, int]:
     """(target, sigma, mean, runs) of the claim arm's finished runs of a campaign."""
-    from harness.campaign import load_campaign, load_runs
-    from harness.report import arm_series, claim_arm
-
     campaign = load_campaign(campaign_dir)
     losses, _ = arm_series(load_runs(campaign_dir), claim_arm(campaign))
     if len(losses) < 2:
@@ -60,10 +60,8 @@ def campaign_estimates(campaign_dir: str | Path) -> tuple[float, float, float, i
     return float(campaign["track"]["target"]), float(np.std(losses, ddof=1)), float(np.mean(losses)), len(losses)
 
 
-def make_plan(target: float, sigma: float, mean: float, power: float = 0.9, alpha: float = 0.01,
+def make_plan(target: float, sigma: float, mean: float, power: float = 0.9, alpha: float = ALPHA,
               sims: int = PLAN_SIMS, seed: int = 0) -> Plan:
-    from harness.sequential import fixed_n_runs, simulate_sequential
-
     if not (math.isfinite(sigma) and sigma > 0):
         raise HarnessError(f"--sigma must be a positive number, got {sigma}")
     if not (0 < power < 1):
@@ -77,10 +75,10 @@ def make_plan(target: float, sigma: float, mean: float, power: float = 0.9, alph
     if effect >= 0:
         raise HarnessError(f"the mean {mean} is not below the target {target}: no number of runs gives the "
                            f"one-sided test any power")
-    fixed = fixed_n_runs(effect, alpha=alpha, power=power)
+    fixed = sequential.fixed_n_runs(effect, alpha=alpha, power=power)
     budget = min(max(20, 2 * fixed), MAX_BUDGET) if fixed else MAX_BUDGET
     sims = max(1, min(sims, int(SIM_WORK // (budget * (budget + 400)))))
-    sim = simulate_sequential(max(effect, -SIM_EFFECT_LIMIT), 1.0, 0.0, sims, budget, alpha=alpha,
+    sim = sequential.simulate_sequential(max(effect, -SIM_EFFECT_LIMIT), 1.0, 0.0, sims, budget, alpha=alpha,
                               rng=np.random.default_rng(seed), chunk=max(1, SIM_CHUNK_CELLS // budget))
     by_fixed = float(np.mean(sim.rejected & (sim.runs <= fixed))) if fixed else None
     return Plan(target, sigma, mean, power, alpha, effect, fixed, budget, sim.reject_rate, sim.mean_runs, by_fixed,
@@ -88,32 +86,14 @@ def make_plan(target: float, sigma: float, mean: float, power: float = 0.9, alph
 
 
 def plan_text(p: Plan) -> str:
-    from harness.sequential import FIXED_N_MAX, LOSS_PRIOR, PROCEDURE
-
     lines = [
         f"target {p.target}, mean {p.mean}, sigma {p.sigma}: the mean is {-p.effect:.2f} sigma below the target",
         (f"fixed-N (one-sided t-test, alpha {p.alpha:g}): {p.fixed_runs} runs for {p.power:.0%} power"
-         if p.fixed_runs else f"fixed-N: more than {FIXED_N_MAX} runs for {p.power:.0%} power"),
+         if p.fixed_runs else f"fixed-N: more than {sequential.FIXED_N_MAX} runs for {p.power:.0%} power"),
         (f"sequential (--until-significant --max-runs {p.max_runs}): {p.seq_mean_runs:.1f} runs expected, "
          f"power {p.seq_power:.1%} within the budget"
          + (f", significant within {p.fixed_runs} runs in {p.seq_stopped_by_fixed:.0%} of campaigns"
             if p.seq_stopped_by_fixed is not None else "")),
-        f"  ({PROCEDURE}, prior {LOSS_PRIOR.describe()}; {p.sims} simulated campaigns)",
+        f"  ({sequential.PROCEDURE}, prior {sequential.LOSS_PRIOR.describe()}; {p.sims} simulated campaigns)",
     ]
     return "\n".join(lines) + "\n"
-
-
-def cmd_plan(target: float | None = None, sigma: float | None = None, mean: float | None = None,
-             power: float = 0.9, alpha: float = 0.01, from_campaign: str | None = None) -> int:
-    if from_campaign:
-        c_target, c_sigma, c_mean, n = campaign_estimates(from_campaign)
-        target = c_target if target is None else target
-        sigma = c_sigma if sigma is None else sigma
-        mean = c_mean if mean is None else mean
-        print(f"from {from_campaign}: {n} finished runs, mean {c_mean:.4f}, sigma {c_sigma:.4f}")
-    missing = [name for name, v in (("--target", target), ("--sigma", sigma), ("--mean", mean)) if v is None]
-    if missing:
-        raise HarnessError(f"plan needs {', '.join(missing)} (or --from CAMPAIGN)")
-    print(plan_text(make_plan(target, sigma, mean, power=power, alpha=alpha)), end="")
-    return 0
-

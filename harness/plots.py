@@ -15,17 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.fsio import read_json_object, write_bytes_atomic
+from harness.fsio import write_bytes_atomic
+from harness.results import RUNS_FOLDER, kind_of, read_campaign_or_empty, read_run_or_empty
+from harness.scaling import scaling_table
 from harness.telemetry.trace import load_trace
 
 
 def _run_dirs(campaign_dir: Path) -> list[Path]:
-    runs = [p for p in (campaign_dir / "runs").glob("*") if p.is_dir()]
+    runs = [p for p in (campaign_dir / RUNS_FOLDER).glob("*") if p.is_dir()]
     return sorted(runs, key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
-
-
-def _read_run_json(run_dir: Path) -> dict:
-    return read_json_object(run_dir / "run.json")
 
 
 def _label(run_dir: Path, run: dict) -> str:
@@ -33,12 +31,8 @@ def _label(run_dir: Path, run: dict) -> str:
     return f"{run_dir.name}: {label}" if label and str(label) != run_dir.name else f"run {run_dir.name}"
 
 
-def _campaign_json(campaign_dir: Path) -> dict:
-    return read_json_object(campaign_dir / "campaign.json")
-
-
 def _target(campaign_dir: Path) -> float | None:
-    c = _campaign_json(campaign_dir)
+    c = read_campaign_or_empty(campaign_dir)
     for v in (c.get("target"), (c.get("track") or {}).get("target") if isinstance(c.get("track"), dict) else None):
         if isinstance(v, (int, float)):
             return float(v)
@@ -62,7 +56,7 @@ def plot_clocks_power(campaign_dir: Path, out: Path) -> Path | None:
         trace = load_trace(run_dir)
         if trace is None or len(trace.cols["t_unix"]) == 0:
             continue
-        run = _read_run_json(run_dir)
+        run = read_run_or_empty(run_dir)
         panels.append((run_dir, run, trace))
     if not panels:
         return None
@@ -108,7 +102,7 @@ def plot_val_loss(campaign_dir: Path, out: Path) -> Path | None:
 
     curves = []
     for run_dir in _run_dirs(campaign_dir):
-        run = _read_run_json(run_dir)
+        run = read_run_or_empty(run_dir)
         curve = run.get("val_curve")
         if not isinstance(curve, list):
             continue
@@ -145,8 +139,6 @@ def plot_val_loss(campaign_dir: Path, out: Path) -> Path | None:
 
 def plot_scaling(campaign_dir: Path, out: Path) -> Path | None:
     """Step time per stage against the GPU count (log-log), with the ideal 1/K line from the smallest count."""
-    from harness.scaling import scaling_table
-
     try:
         t = scaling_table(campaign_dir)
     except Exception:  # a plot never fails a campaign (see the module docstring)
@@ -182,12 +174,14 @@ def plot_scaling(campaign_dir: Path, out: Path) -> Path | None:
     return path
 
 
+# The plots a kind names (results.KINDS), each written to plots/<name>.png.
+PLOTS = {"clocks_power": plot_clocks_power, "val_loss": plot_val_loss, "scaling": plot_scaling}
+
+
 def make_campaign_plots(campaign_dir: Path) -> list[Path]:
     """Write the campaign's PNGs into campaign_dir/plots/; returns the paths written."""
     campaign_dir = Path(campaign_dir)
     plots = campaign_dir / "plots"
-    written = [plot_clocks_power(campaign_dir, plots / "clocks_power.png"),
-               plot_val_loss(campaign_dir, plots / "val_loss.png")]
-    if _campaign_json(campaign_dir).get("kind") == "scaling":
-        written.append(plot_scaling(campaign_dir, plots / "scaling.png"))
+    kind = kind_of(read_campaign_or_empty(campaign_dir))
+    written = [PLOTS[name](campaign_dir, plots / f"{name}.png") for name in kind.plots]
     return [p for p in written if p is not None]

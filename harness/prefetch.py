@@ -36,6 +36,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.fsio import read_json, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
+from harness.tracks import REPO_ROOT
 
 MANIFEST_FORMAT = 1
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -227,8 +228,6 @@ def stand_in(folder: Path, module: str) -> Path | None:
 
 def data_root(env: dict[str, str] | None = None) -> Path:
     """The folder that holds `data/` for the runs (DATA_PATH, default the repository root)."""
-    from harness.tracks import REPO_ROOT
-
     value = (env or {}).get("DATA_PATH") or os.environ.get("DATA_PATH")
     return Path(value).resolve() if value else REPO_ROOT
 
@@ -561,40 +560,3 @@ def prefetch(needs: list[Need], cache: Cache, sources: list[Path] | None = None)
     if fetched:
         write_json_atomic(cache.manifest_path, manifest)
     return fetched, failures
-
-
-def cmd_prefetch(spec: str, from_dirs: list[str] | None = None, data_path: str | None = None) -> int:
-    """`speedrun prefetch SCRIPT_OR_LOG`: fetch what it downloads at run time, print what was cached."""
-    from harness.extract import is_record_spec, load_record_code
-
-    p = Path(spec)
-    if is_record_spec(p):
-        code = load_record_code(p)
-        needs = [n for name, text in code.files for n in scan_source(text, name)]
-        what = f"{code.log} (code {code.source_sha256[:12]})"
-    elif p.is_file():
-        needs = scan_folder(p.parent) if p.suffix == ".py" else scan_source(p.read_text(encoding="utf-8"), p.name)
-        what = str(p)
-    else:
-        raise HarnessError(f"{p}: no such script, log or record folder")
-    if data_path and not Path(data_path).is_dir():
-        raise HarnessError(f"--data-path {data_path}: no such folder")
-    cache = Cache.under(Path(data_path) if data_path else data_root())
-    for n in needs:
-        if n.kind == "unresolved":
-            print(f"not prefetched: {n.what()} at {n.where}")
-    resolvable = [n for n in needs if n.kind != "unresolved"]
-    if not resolvable:
-        print(f"{what}: no run-time downloads found in its source")
-        return 0
-    fetched, failures = prefetch(resolvable, cache, [Path(d) for d in from_dirs or []])
-    for item in fetched:
-        if item["kind"] == "tiktoken":
-            print(f"tiktoken {item['encoding']}: " + ", ".join(f"{f['sha256'][:12]} as {f['cache_name']}"
-                                                                for f in item["files"]))
-        else:
-            print(f"{item['repo']} {item['ref']} -> revision {item['revision']} ({len(item['files'])} files)")
-    print(f"cache: {cache.root} (manifest {cache.manifest_path.name}); campaigns run offline against it")
-    if failures:
-        raise HarnessError("; ".join(failures))
-    return 0

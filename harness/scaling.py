@@ -1,4 +1,5 @@
-"""`speedrun scaling TRACK --gpus 1,2,...`: the same script on 1, 2, ... K GPUs of this node, interleaved.
+"""A scaling campaign (`speedrun scaling TRACK --gpus 1,2,...`): the same script on 1, 2, ... K GPUs of this
+node, interleaved; its schedule, its numbers and its section of record.md.
 
 What a multi-GPU contributor asks before a record attempt: does the script give the same loss on K GPUs as
 on one with accumulation (it should: the data of a step and the math are the same), and how does the step time
@@ -19,7 +20,8 @@ import statistics
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.preflight import visible_gpu_count
+from harness.logs import parse_log
+from harness.results import load_campaign, load_runs, ok_runs, recorded_log_path, run_dir
 
 ARM_PREFIX = "gpus"
 _STAGE_RE = re.compile(r"^stage:(\S+) .*?steady_step_ms:([0-9.]+)")
@@ -61,8 +63,6 @@ def scaling_schedule(counts: list[int], runs: int) -> tuple[list[str], list[int]
 def stage_step_times(log_text: str) -> dict[str, float]:
     """Steady step time (ms) per stage from a log: the script's own `stage:` lines when it prints them, else
     {'all': median step-to-step train_time difference after the first WARMUP_STEPS steps}."""
-    from harness.logs import parse_log
-
     stages = {}
     for line in log_text.splitlines():
         m = _STAGE_RE.match(line.strip())
@@ -77,7 +77,9 @@ def stage_step_times(log_text: str) -> dict[str, float]:
 
 
 def _run_stage_times(campaign_dir: Path, run: dict) -> dict[str, float]:
-    path = campaign_dir / "runs" / str(run["index"]) / run.get("log_file", "output.txt")
+    path = recorded_log_path(run_dir(campaign_dir, run["index"]), run)
+    if path is None:
+        return {}
     try:
         return stage_step_times(path.read_text(encoding="utf-8", errors="replace"))
     except OSError:
@@ -87,12 +89,10 @@ def _run_stage_times(campaign_dir: Path, run: dict) -> dict[str, float]:
 def scaling_table(campaign_dir: str | Path) -> dict:
     """The numbers of the report: per count, per stage, the median steady ms over ok runs; final losses by
     seed; train times."""
-    from harness.campaign import load_campaign, load_runs
-
     d = Path(campaign_dir)
     campaign = load_campaign(d)
     counts = sorted(int(a["nproc"]) for a in campaign["arms"].values())
-    runs = [r for r in load_runs(d) if r.get("status") == "ok"]
+    runs = ok_runs(load_runs(d))
     per_count = {}
     for k in counts:
         mine = [r for r in runs if r.get("arm") == arm_name(k)]
@@ -156,32 +156,3 @@ def scaling_markdown(campaign_dir: str | Path) -> str:
     lines += ["", f"Every count does the same math on the same rows (gradient accumulation makes up for the missing "
               f"{t['units']}), so the paired differences show only reduction order and kernel nondeterminism.", ""]
     return "\n".join(lines)
-
-
-def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: dict | None = None,
-                script: str | None = None, data_path: str | None = None, telemetry: bool = True,
-                quiet: bool = False, gpu_count=visible_gpu_count, add_files: list[str] | None = None,
-                run_anyway: bool = False) -> int:
-    """Run the scaling campaign; print the scaling table. Exit 3 if some runs failed, 4 if the largest count's
-    loss claim fails (the verdict), else 0."""
-    from harness.campaign import make_arm, new_campaign_dir, run_campaign
-    from harness.run_command import finish_campaign, with_data_path
-    from harness.tracks import load_track
-
-    counts = parse_gpu_counts(gpus)
-    env = with_data_path(dict(env or {}), data_path)
-    track_def = load_track(track)
-    # no GPU at all (or the CPU smoke mode): the pre-flight says so, naming the smoke mode
-    if track_def.uses_gpu and not track_def.is_smoke(env) and 0 < (have := gpu_count()) < counts[-1]:
-        raise HarnessError(f"--gpus asks for up to {counts[-1]} GPUs; this node shows {have}")
-    schedule, seeds = scaling_schedule(counts, runs)
-    out_dir = new_campaign_dir(track_def.name, out)
-    # every count runs the same code: record code is extracted once, into one folder
-    arms = [make_arm(script or str(track_def.script), name=arm_name(k), default_track=track_def, nproc=k, env=env,
-                     code_dir=Path(out_dir) / "code" / "record", add_files=add_files) for k in counts]
-    from harness.record_env import prepare_arms
-
-    prepare_arms(arms, add_files=add_files, run_anyway=run_anyway)
-    campaign_dir = run_campaign(out_dir, arms, schedule, telemetry=telemetry, kind="scaling", seeds=seeds,
-                                extra={"scaling": {"gpus": counts, "runs": runs}}, quiet=quiet)
-    return finish_campaign(campaign_dir)  # prints the blocks and the scaling tables (record.md's timing section)

@@ -36,7 +36,7 @@ import scipy.integrate
 import scipy.special
 import scipy.stats
 
-ALPHA = 0.01
+from harness.rules import ALPHA
 
 PROCEDURE = "sequential t-test e-process (scale-invariant Bayes factor, Ville's inequality)"
 CITATION = "Lai 1976; Perez-Ortiz et al. 2024, Ann. Statist. 52; Grunwald et al. 2024, JRSS-B 86"
@@ -355,51 +355,7 @@ def fixed_n_runs(effect: float, alpha: float = ALPHA, power: float = 0.9, n_max:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The harness's hooks: the stop rule of a campaign and the line under the record block.
-
-
-def _ok(runs: list[dict], arm: str | None = None) -> list[dict]:
-    return [r for r in runs if r.get("status") == "ok" and (arm is None or r.get("arm") == arm)]
-
-
-def make_stop_rule(target: float, alpha: float = ALPHA, max_runs: int = 20, kind: str = "one-sample"):
-    """stop_rule(completed run dicts) -> a reason to stop, or None, for harness.campaign.run_campaign.
-
-    one-sample: the runs' final losses against the target (`speedrun run --until-significant`).
-    compare: the candidate must be both faster than the baseline (paired time differences, one per A/B
-      pair) and below the target (its losses); decided after every complete pair. Each claim has its own
-      alpha-level e-process, and both must pass (an intersection-union test), so the chance of wrongly
-      claiming a record stays at alpha. A futile claim ends the campaign: the record cannot be made.
-    """
-    if kind not in ("one-sample", "compare"):
-        raise ValueError(f"unknown stop-rule kind {kind!r}")
-
-    def one_sample(completed: list[dict]) -> str | None:
-        losses = [r["final_val_loss"] for r in _ok(completed)]
-        d = decide(losses, target, alpha, max_runs, LOSS_PRIOR)
-        return _reason(d, "loss") if d.stop and d.outcome != "budget" else None
-
-    def compare(completed: list[dict]) -> str | None:
-        from harness.compare import CANDIDATE, pair_differences
-
-        if len(completed) % 2:  # decide only on complete A/B pairs
-            return None
-        pairs = pair_differences(completed)
-        losses = [r["final_val_loss"] for r in _ok(completed, CANDIDATE)]
-        dt = decide(pairs, 0.0, alpha, max_runs, TIME_PRIOR)
-        dl = decide(losses, target, alpha, max_runs, LOSS_PRIOR)
-        for d, what, unit in ((dt, "time gain", "pairs"), (dl, "candidate loss", "runs")):
-            if d.stop and d.outcome == "futile":
-                return _reason(d, what, unit)
-        if dt.outcome == "significant" and dl.outcome == "significant":
-            return f"{_reason(dt, 'time gain', 'pairs')}; {_reason(dl, 'candidate loss', 'runs')}"
-        return None
-
-    return one_sample if kind == "one-sample" else compare
-
-
-def _reason(d: Decision, what: str, unit: str = "runs") -> str:
-    return f"{what}: {d.outcome} after {d.n} {unit} ({d.reason})"
+# The line under the record block (the stop rules that use this test are in stop_rules.py).
 
 
 def sequential_markdown(losses: list[float], target: float, alpha: float = ALPHA) -> str:
@@ -429,10 +385,3 @@ def paired_sequential_markdown(pair_diffs: list[float], alpha: float = ALPHA, pr
     return (f"Sequential test of the time gain (--until-significant): {PROCEDURE} on the {len(pair_diffs)} "
             f"per-pair differences; prior {prior.describe()} on delta = mean difference / sigma; {CITATION}. "
             f"E = {e_now:.4g} (max {e_max:.4g}), anytime-valid p = {p:.4f}: {verdict} at alpha = {alpha:g}.")
-
-
-def cmd_bench_sequential(sims: int = 20000, max_runs: tuple[int, ...] = (20, 30)) -> int:
-    """`speedrun bench-sequential`: lives in bench_sequential.py; here because the CLI imports it from here."""
-    from harness.bench_sequential import run_bench
-
-    return run_bench(sims=sims, max_runs=max_runs)

@@ -22,6 +22,7 @@ write-up part is one failing check while the rest is checked.
 from __future__ import annotations
 
 import hashlib
+import difflib
 import io
 import math
 import os
@@ -34,11 +35,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.fsio import read_json
-from harness.logs import MAX_LOG_BYTES, ParsedLog, ProblemKind, looks_like_log, parse_log
+from harness.logs import MAX_LOG_BYTES, ParsedLog, ProblemKind, looks_like_log, parse_log, parse_log_file
 from harness.record_block import ParsedBlock, format_like, p_value, parse_writeup, printed_ok, std_mean
-
-DEFAULT_ALPHA = 0.01
+from harness.results import RUNS_FOLDER, has_run, is_campaign, read_campaign_json, read_run, recorded_log_path
+from harness.rules import ALPHA as DEFAULT_ALPHA
 MAX_ALPHA = 0.5
 _MS = Decimal("0.001")
 # A stated arm that is not the claim but shares at least this fraction of its values with a group of logs is
@@ -221,8 +221,6 @@ def _meaning_lines(source: str) -> list[str]:
 
 
 def _differing_lines(a: str, b: str, limit: int = 3) -> str:
-    import difflib
-
     la, lb = _meaning_lines(a), _meaning_lines(b)
     shown = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, la, lb, autojunk=False).get_opcodes():
@@ -330,36 +328,22 @@ def _set_code_key(e: _Entry) -> None:
         e.code_key = code_key(e.parsed.source, e.parsed.source_sha256)
 
 
-def _run_log_path(run_dir: Path, run: dict) -> Path | None:
-    from harness.campaign import run_log_path
-
-    named = run.get("log_file")
-    if isinstance(named, str) and (run_dir / named).is_file():
-        return run_dir / named
-    found = run_log_path(run_dir)
-    return found if found.is_file() else None
-
-
 def _campaign_entries(root: Path, campaign: dict) -> list[_Entry]:
-    from harness.logs import parse_log_file
-
-    runs_dir = root / "runs"
+    runs_dir = root / RUNS_FOLDER
     run_dirs = [d for d in runs_dir.iterdir() if d.is_dir() and d.name.isdigit()] if runs_dir.is_dir() else []
     arms = campaign.get("arms") if isinstance(campaign.get("arms"), dict) else {}
     entries = []
     for d in sorted(run_dirs, key=lambda d: int(d.name)):
         label = f"run {d.name}"
-        if not (d / "run.json").is_file():
+        if not has_run(d):
             entries.append(_Entry(label, None, "?", None, status="unfinished", excluded=True,
                                   reason="no run.json (never finished)"))
             continue
-        run = read_json(d / "run.json")
-        if not isinstance(run, dict):
-            raise HarnessError(f"{d / 'run.json'}: not a JSON object")
+        run = read_run(d)
         arm = str(run.get("arm") or "main")
         status = str(run.get("status") or "unknown")
         arm_info = arms.get(arm) if isinstance(arms.get(arm), dict) else {}
-        log_path = _run_log_path(d, run)
+        log_path = recorded_log_path(d, run)
         entry = _Entry(label, log_path, arm, None, status=status, script_sha256=arm_info.get("script_sha256"))
         if status != "ok":
             entry.excluded = True
@@ -898,7 +882,7 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
     if not root.is_dir():
         raise HarnessError(f"{show(root)}: is a file; give the campaign or record folder that holds the logs")
 
-    campaign = read_json(root / "campaign.json") if (root / "campaign.json").is_file() else None
+    campaign = read_campaign_json(root) if is_campaign(root) else None
     if campaign is not None and not isinstance(campaign, dict):
         raise HarnessError(f"{root / 'campaign.json'}: not a JSON object")
     track = (campaign or {}).get("track") if isinstance((campaign or {}).get("track"), dict) else {}
@@ -1059,100 +1043,3 @@ def _run_row(e: _Entry, members: list[_Entry]) -> dict:
 # Log problems worth a note in the runs table (stray lines are not).
 _SERIOUS = (ProblemKind.CUT_OFF, ProblemKind.NO_STEPS, ProblemKind.NON_FINITE, ProblemKind.NOT_MONOTONIC,
             ProblemKind.STEP_AVG, ProblemKind.SEVERAL_FINALS, ProblemKind.NOT_UTF8)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _text(value) -> "Text":
-    from rich.text import Text
-
-    return Text(show(value))
-
-
-def cmd_verify(path: str, target: float | None, alpha: float | None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    report = verify_path(path, target=target, alpha=alpha)
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 140)  # piped into a file or CI log: do not fold the details
-    t = Table(title=_text(f"verify {report.path}"), show_lines=False)
-    t.add_column("check", no_wrap=True)
-    t.add_column("result", no_wrap=True)
-    t.add_column("detail", overflow="fold")
-    for c in report.checks:
-        result = (Text("PASS", style="green") if c.ok else
-                  Text("FAIL", style="red") if c.ok is False else Text("n.a.", style="dim"))
-        t.add_row(_text(c.name), result, _text(c.detail))
-    console.print(t)
-
-    r = Table(title="runs", show_lines=False)
-    for col in ("run", "group", "status", "claim", "final step", "val_loss", "time s", "code"):
-        r.add_column(col, no_wrap=True)
-    r.add_column("notes", overflow="fold")
-    for row in report.runs:
-        notes = row["reason"] or (row["problems"][0] if row["problems"] else "")
-        step = f"{row['final_step']}/{row['total_steps']}" if row["final_step"] is not None else (
-            f"-/{row['total_steps']}" if row["total_steps"] else "-")
-        r.add_row(
-            _text(row["label"]), _text(row["group"]), _text(row["status"]), "yes" if row["in_claim"] else "no",
-            step, _text(row["val_loss_text"] or "-"), f"{row['time_s']:.3f}" if row["time_s"] is not None else "-",
-            (row["source_sha256"] or "-")[:8], _text(str(notes)[:120]),
-        )
-    console.print(r)
-    failed = report.failing
-    if report.ok:
-        console.print(Text(f"VERIFIED: all {sum(c.ok is True for c in report.checks)} checks pass", style="green"))
-        return 0
-    line = Text(f"{report.verdict}", style="red")
-    line.append(show(f": {len(failed)} check(s) fail: " + ", ".join(failed)), style=None)
-    console.print(line)
-    return 1
-
-
-def sweep_folders(folder: Path) -> list[Path]:
-    """The record folders under FOLDER: its subfolders (records/track_1_short/<record>/), or, for a folder of
-    tracks (records/), the subfolders of each."""
-    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
-    if subs and all(p.name in TRACK_TARGETS or p.name.startswith("track_") for p in subs):
-        return [r for s in subs for r in sweep_folders(s)]
-    return subs
-
-
-def sweep_line(folder: Path, target: float | None, alpha: float | None) -> tuple[str, str]:
-    """(verdict, one line) for one record folder; never raises on the folder's content."""
-    try:
-        r = verify_path(folder, target=target, alpha=alpha)
-    except HarnessError as e:
-        return "ERROR", f"ERROR        {show(folder.name)}: {show(e)}"
-    p = f"{r.p:.4f}" if r.p is not None else "-"
-    claim = show(r.claim_label) if r.claim_label else "-"
-    fails = ", ".join(r.failing)
-    return r.verdict, (f"{r.verdict:<12} {show(folder.name)}  claim={claim}  n={r.n}  p={p}"
-                       + (f"  failing: {fails}" if fails else ""))
-
-
-def cmd_verify_each(folder: str, target: float | None, alpha: float | None) -> int:
-    import sys
-
-    if alpha is not None:
-        check_alpha(alpha)
-    root = Path(folder)
-    if not root.is_dir():
-        raise HarnessError(f"{show(root)}: no such folder")
-    counts: Counter = Counter()
-    folders = sweep_folders(root)
-    if not folders:
-        raise HarnessError(f"{show(root)}: no record folders in it")
-    for f in folders:
-        verdict, line = sweep_line(f, target, alpha)
-        counts[verdict] += 1
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-    summary = ", ".join(f"{counts[v]} {v}" for v in (VERIFIED, NOT_VERIFIED, NO_CLAIM, "ERROR") if counts[v])
-    sys.stdout.write(f"{len(folders)} folders: {summary}\n")
-    return 0 if counts[VERIFIED] == len(folders) else 1

@@ -11,9 +11,11 @@ from dataclasses import replace
 import pytest
 
 from conftest import FIXTURES, REPO, run_cli
-from harness.campaign import make_arm, load_runs, parse_env_pairs, run_campaign
+from harness.campaign import make_arm, parse_env_pairs, run_campaign
 from harness.errors import HarnessError
 from harness.record_block import parse_blocks
+from harness.record_md import write_record
+from harness.results import load_runs
 
 FAKE = FIXTURES / "fake_track"
 
@@ -21,7 +23,7 @@ FAKE = FIXTURES / "fake_track"
 def campaign(tmp_path, track, n=2, env=None, **kw):
     arm = make_arm(str(FAKE), name="main", env=env or {})
     arm.track = replace(arm.track, **kw) if kw else arm.track
-    out = run_campaign(tmp_path / "c", [arm], ["main"] * n, telemetry=False, quiet=True)
+    out = run_campaign(tmp_path / "c", [arm], ["main"] * n, telemetry=False, quiet=True, on_finish=write_record)
     return out, load_runs(out), json.loads((out / "campaign.json").read_text())
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from harness.compare import (BASELINE, CANDIDATE, balanced_order, build_arms, cmd_compare, comparison_markdown,
-                             pair_differences, telemetry_comparison, welch_difference)
+from harness.commands.compare import build_arms, cmd_compare
+from harness.comparison import balanced_order, comparison_markdown, telemetry_comparison, welch_difference
 from harness.errors import HarnessError
+from harness.results import BASELINE, CANDIDATE, pair_differences
 from harness.fsio import write_json_atomic
 from harness.tracks import REPO_ROOT
 
@@ -130,7 +131,7 @@ def test_comparison_markdown_on_seed_001(tmp_path):
 
 
 def test_record_md_holds_both_blocks(tmp_path):
-    from harness.report import record_markdown
+    from harness.record_md import record_markdown
 
     d = _campaign(tmp_path, list(zip(BASE_LOSSES, BASE_TIMES)), list(zip(CAND_LOSSES, CAND_TIMES)))
     md = record_markdown(d)
@@ -158,7 +159,7 @@ def _summaries(tmp_path: Path, names: list[str]) -> list[dict]:
 def test_telemetry_same_node_conditions(tmp_path):
     tele = {BASELINE: _summaries(tmp_path, ["train_a", "train_b"]), CANDIDATE: _summaries(tmp_path, ["train_b", "train_c"])}
     d = _campaign(tmp_path, [(3.279, 10.0), (3.279, 10.1)], [(3.279, 9.0), (3.279, 9.1)], telemetry=tele)
-    from harness.campaign import load_runs
+    from harness.results import load_runs
 
     comp = telemetry_comparison(load_runs(d))
     assert comp["differences"] == []
@@ -207,7 +208,7 @@ def test_compare_end_to_end_known_slowdown(tmp_path, capsys):
     rc = cmd_compare(str(TINY_SLOW), str(_tiny_track(tmp_path)), runs=3, out=str(out), env=env,
                      telemetry=False, quiet=True)
     assert rc == 0  # every run ok, and the candidate's loss claim (target 3.5) passes
-    from harness.campaign import load_runs
+    from harness.results import load_runs
 
     runs = load_runs(out)
     assert [r["arm"] for r in runs] == balanced_order(3)
@@ -230,7 +231,7 @@ def test_compare_end_to_end_known_slowdown(tmp_path, capsys):
 def test_compare_until_significant_stops_a_futile_campaign(tmp_path):
     # The fake track against itself: every pair's time difference is 0, so no gain can be shown; the
     # sequential rule must end the campaign after 3 pairs instead of running the whole budget of 10.
-    from harness.campaign import load_campaign, load_runs
+    from harness.results import load_campaign, load_runs
     from harness.cli import main
 
     fake = FIXTURES / "fake_track"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.env import campaign_env, check_pins, cmd_env, env_markdown, fingerprint, version_matches
+from harness.commands.env import cmd_env
+from harness.fingerprint import campaign_env, check_pins, env_markdown, fingerprint, version_matches
 from harness.errors import HarnessError
 from harness.fsio import sha256_file
 from harness.tracks import track_from_dict

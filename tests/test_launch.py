@@ -9,10 +9,11 @@ import pytest
 
 from conftest import FIXTURES, make_source, run_cli
 from harness import preflight
-from harness.campaign import failure_reason, launch_command, load_runs, make_arm, run_environment
+from harness.campaign import failure_reason, launch_command, make_arm, run_environment
 from harness.errors import HarnessError
-from harness.report import verdict
+from harness.results import load_runs
 from harness.tracks import REPO_ROOT, load_track
+from harness.verdict import verdict
 
 CONTRACT = FIXTURES / "competition_contract"
 
@@ -265,7 +266,7 @@ def test_fake_track_campaign_exit_codes_follow_the_verdict(tmp_path):
 
 
 def test_scaling_of_a_gpu_track_in_its_smoke_mode_skips_the_gpu_count(monkeypatch, tmp_path):
-    from harness.scaling import cmd_scaling
+    from harness.commands.scaling import cmd_scaling
 
     monkeypatch.setattr(preflight, "visible_gpu_count", lambda: 0)
     # no GPU: the pre-flight's message (naming the smoke mode), before any run

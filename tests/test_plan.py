@@ -9,7 +9,8 @@ import scipy.stats
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.fsio import write_json_atomic
-from harness.plan import campaign_estimates, cmd_plan, make_plan
+from harness.commands.plan import cmd_plan
+from harness.plan import campaign_estimates, make_plan
 
 SEED_003 = [3.2788, 3.2774, 3.2786, 3.2792, 3.2762, 3.2769, 3.2781, 3.2778, 3.2761, 3.2783, 3.2809]
 

@@ -21,8 +21,8 @@ from harness.errors import HarnessError
 from harness.extract import code_from_log, load_record_code, split_source, write_code
 from harness.logs import parse_log
 from harness.prefetch import Cache, plan_for_script, scan_source, tiktoken_cache_name
-from harness.record_env import install_spec, pin_differences, torch_mismatch
-from harness.run_command import EXIT_CLAIM_FAILED
+from harness.record_pins import install_spec, pin_differences, torch_mismatch
+from harness.commands.campaigns import EXIT_CLAIM_FAILED
 from harness.tracks import load_track
 
 SEP = "=" * 100
@@ -488,7 +488,7 @@ def test_add_file_without_record_code_is_bad_input(tmp_path):
 
 
 def test_compare_of_two_code_sides_takes_the_track_from_the_record_path_or_track_flag(tmp_path):
-    from harness.compare import track_of
+    from harness.commands.compare import track_of
 
     log = _kernel_free_log(tmp_path)
     assert track_of(str(log), str(log), track=str(FAKE_TRACK)) == "fake"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, REPO, run_cli
-from harness.campaign import load_runs, make_arm, run_campaign
+from harness.campaign import make_arm, run_campaign
+from harness.results import load_runs
 
 FAKE = FIXTURES / "fake_track"
 # Every run finished; 4 when one or two runs of the fake track do not make the claim (not the point here).

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import HarnessError
-from harness.scaling import (cmd_scaling, parse_gpu_counts, scaling_schedule, scaling_table, stage_step_times)
+from harness.commands.scaling import cmd_scaling
+from harness.scaling import parse_gpu_counts, scaling_schedule, scaling_table, stage_step_times
 from conftest import REPO, run_cli
 
 PROXY = REPO / "results" / "short" / "2026-11-27-h100-proxy" / "runs" / "0"

@@ -8,8 +8,9 @@ import pytest
 import scipy.integrate
 import scipy.stats
 
+from harness.stop_rules import make_stop_rule
 from harness.sequential import (ALPHA, LOSS_PRIOR, TIME_PRIOR, EffectPrior, _stop_times, anytime_p_value, decide,
-                                e_values, fixed_n_runs, log_e_values, log_J, make_stop_rule,
+                                e_values, fixed_n_runs, log_e_values, log_J,
                                 naive_repeated_ttest_error, paired_sequential_markdown, sequential_markdown,
                                 simulate_sequential)
 
@@ -197,7 +198,7 @@ def test_markdown_lines_name_the_procedure_and_p():
 
 
 def test_bench_command_reports_error_rates_and_runs(capsys):
-    from harness.bench_sequential import bench_results
+    from harness.commands.bench_sequential import bench_results
     from harness.cli import main
 
     res = bench_results(sims=3000, max_runs=(20,), seed=1)
@@ -219,7 +220,7 @@ def test_run_until_significant_end_to_end(tmp_path):
     # E >= 100 (well before the budget) and put the sequential line under the fixed-N block.
     from pathlib import Path
 
-    from harness.campaign import load_campaign, load_runs
+    from harness.results import load_campaign, load_runs
     from harness.cli import main
 
     fake = Path(__file__).parent / "fixtures" / "fake_track"

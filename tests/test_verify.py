@@ -17,8 +17,8 @@ from harness.record_block import render_block
 from harness.verify import (C_BLOCK, C_EXCLUDED, C_FINAL, C_LISTS, C_LOGS, C_MONOTONIC, C_OTHER_LOGS, C_P,
                             C_PRINTED, C_RECIPE, C_SCHEDULE, C_SCRIPT, C_SEQUENTIAL, C_SOURCE, C_STEP_AVG,
                             C_TARGET, C_WRITEUP,
-                            cmd_verify,
                             verify_path)
+from harness.commands.verify import cmd_verify
 
 FIX = FIXTURES / "logs"
 VEFUSED = FIX / "record_2026-01-30_VeFused"

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import REPO, run_cli
 from harness.verify import (C_DUPLICATES, C_FINAL, C_LINKS, C_LISTS, C_OMITTED, C_P, C_PRINTED, C_SOURCE,
-                            C_STEP_AVG, NO_CLAIM, NOT_VERIFIED, VERIFIED, cmd_verify, verify_path)
+                            C_STEP_AVG, NO_CLAIM, NOT_VERIFIED, VERIFIED, verify_path)
+from harness.commands.verify import cmd_verify
 from record_folders import (BASE_LOSSES, BASE_TIMES, PR_LOSSES, PR_TIMES, block, log_text, source,
                             write_logs)
 

@@ -6,16 +6,16 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from harness.campaign import (Arm, gpu_indices, load_campaign, load_runs, make_arm, new_campaign_dir,
-                              parse_env_pairs, run_campaign, arm_environment)
-from harness.fsio import sha256_file
+from harness.campaign import Arm, arm_environment, gpu_indices, make_arm, new_campaign_dir, parse_env_pairs, run_campaign
+from harness.clocks import locked_clocks
+from harness.commands.campaigns import finish_campaign, with_data_path
 from harness.errors import HarnessError
-from harness.report import print_summary, verdict
-
-DEFAULT_RUNS = 5
-DEFAULT_MAX_RUNS = 20
-EXIT_SOME_RUNS_FAILED = 3
-EXIT_CLAIM_FAILED = 4  # every run finished, but the verdict is FAIL
+from harness.fsio import sha256_file
+from harness.record_preflight import prepare_arms
+from harness.record_md import write_record
+from harness.results import KINDS, RUN, load_campaign
+from harness.rules import DEFAULT_MAX_RUNS, DEFAULT_RUNS
+from harness.stop_rules import make_stop_rule
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -38,15 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = new_campaign_dir(base.track.name, args.out)
     arm = make_arm(args.script, name="main", default_track=base.track, nproc=args.nproc, env=env,
                    code_dir=Path(out) / "code" / "main", add_files=args.add_file) if args.script else base
-    from harness.record_env import prepare_arms
-
     prepare_arms([arm], add_files=args.add_file, run_anyway=args.run_anyway)
     stop_rule, extra = None, {}
     if args.until_significant:
-        from harness.sequential import make_stop_rule
-
         n = args.max_runs or args.runs or DEFAULT_MAX_RUNS
-        stop_rule = make_stop_rule(arm.track.target, arm.track.alpha, n)
+        stop_rule = make_stop_rule(arm.track.target, arm.track.alpha, n, kind=KINDS[RUN].stop_rule)
         extra["until_significant"] = {"max_runs": n}
     elif args.max_runs:
         raise HarnessError("--max-runs goes with --until-significant")
@@ -56,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     seeds = [args.seed_base + k for k in range(n)]
     with _clock_lock(args.lock_clocks, arm):
         campaign_dir = run_campaign(out, [arm], schedule, stop_rule=stop_rule, telemetry=not args.no_telemetry,
-                                    seeds=seeds, extra=extra, quiet=args.quiet)
+                                    seeds=seeds, extra=extra, quiet=args.quiet, on_finish=write_record)
     return finish_campaign(campaign_dir)
 
 
@@ -72,8 +68,6 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
             raise HarnessError(f"{path}: script {a.script} changed since the campaign started; cannot resume")
     stop_rule = None
     if campaign.get("until_significant"):
-        from harness.sequential import make_stop_rule
-
         t = arms[0].track
         seq = campaign["until_significant"]
         if not (isinstance(seq, dict) and isinstance(seq.get("max_runs"), int) and seq["max_runs"] >= 1):
@@ -83,7 +77,7 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
     with _clock_lock(lock_clocks, arms[0]):
         campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
                                     telemetry=telemetry and campaign.get("telemetry", True), resume=True,
-                                    seeds=campaign.get("seeds"), quiet=quiet)
+                                    seeds=campaign.get("seeds"), quiet=quiet, on_finish=write_record)
     return finish_campaign(campaign_dir)
 
 
@@ -115,32 +109,7 @@ def _stored_arms(campaign: dict, path: str) -> list[Arm]:
         raise HarnessError(f"{where}: an arm is malformed ({type(e).__name__}: {e}); cannot resume") from None
 
 
-def finish_campaign(campaign_dir: Path) -> int:
-    """Print the campaign's summary and, last, its verdict line; the exit status of every campaign command:
-    3 if some runs failed, else 4 if the verdict is FAIL, else 0."""
-    print_summary(campaign_dir)
-    runs = load_runs(campaign_dir)
-    passed, line = verdict(load_campaign(campaign_dir), runs)
-    print(line, flush=True)
-    if any(r.get("status") != "ok" for r in runs):
-        return EXIT_SOME_RUNS_FAILED
-    return 0 if passed else EXIT_CLAIM_FAILED
-
-
-def with_data_path(env: dict[str, str], data_path: str | None) -> dict[str, str]:
-    """env with DATA_PATH set to the absolute --data-path ROOT, the folder holding data/fineweb10B/ (runs
-    start in their own folders)."""
-    if data_path:
-        data = Path(data_path)
-        if not data.is_dir():
-            raise HarnessError(f"--data-path {data}: no such folder")
-        env = {**env, "DATA_PATH": str(data.resolve())}
-    return env
-
-
 def _clock_lock(mhz: int | None, arm: Arm):
     if mhz is None:
         return contextlib.nullcontext()
-    from harness.clocks import locked_clocks
-
     return locked_clocks(gpu_indices(arm, arm_environment(arm)), target_mhz=mhz or None)

@@ -16,6 +16,9 @@ import math
 import time
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from harness.sequential import (ALPHA, CITATION, LOSS_PRIOR, PROCEDURE, fixed_n_runs, naive_repeated_ttest_error,
                                 simulate_sequential)
@@ -64,11 +67,7 @@ def bench_results(sims: int = 20000, max_runs: tuple[int, ...] = (20, 30), seed:
     return {"sims": sims, "alpha": ALPHA, "null": null_rows, "alternatives": alt_rows}
 
 
-def run_bench(sims: int = 20000, max_runs: tuple[int, ...] = (20, 30)) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
+def cmd_bench_sequential(sims: int = 20000, max_runs: tuple[int, ...] = (20, 30)) -> int:
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the tables into 80 columns
         console = Console(width=150)

@@ -1,4 +1,5 @@
-"""`speedrun compare BASELINE CANDIDATE`: both on this node, in one campaign, interleaved A B B A ...
+"""A comparison of two arms on one node (`speedrun compare BASELINE CANDIDATE`), interleaved A B B A ...: its
+schedule, its statistics and its section of record.md.
 
 Why: nodes differ by about a second (seed 003: "appears I got a slightly slower machine this time"), so a
 new record is argued against the previous record re-timed on the same machine (seed 001). Interleaving in
@@ -25,10 +26,9 @@ import numpy as np
 import scipy.stats
 
 from harness.errors import HarnessError
-
-BASELINE = "baseline"
-CANDIDATE = "candidate"
-CONFIDENCE = 0.99  # matches the record rule's alpha = 0.01
+from harness.results import BASELINE, CANDIDATE, arm_values, load_campaign, load_runs, ok_runs, pair_differences
+from harness.rules import ALPHA, CONFIDENCE
+from harness.sequential import TIME_PRIOR, paired_sequential_markdown
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,24 +107,6 @@ def welch_difference(baseline: list[float], candidate: list[float], confidence: 
     )
 
 
-def pair_differences(runs: list[dict], key: str = "train_time_s") -> list[float]:
-    """candidate - baseline for every complete A/B pair of the schedule (runs 2j and 2j+1), in order."""
-    by_index = {r["index"]: r for r in runs}
-    out = []
-    for j in range(0, (max(by_index) + 1) if by_index else 0, 2):
-        pair = [by_index.get(j), by_index.get(j + 1)]
-        if any(r is None or r.get("status") != "ok" or r.get(key) is None for r in pair):
-            continue
-        arms = {r["arm"]: float(r[key]) for r in pair}
-        if set(arms) == {BASELINE, CANDIDATE}:
-            out.append(arms[CANDIDATE] - arms[BASELINE])
-    return out
-
-
-def arm_values(runs: list[dict], arm: str, key: str) -> list[float]:
-    return [float(r[key]) for r in runs if r.get("arm") == arm and r.get("status") == "ok" and r.get(key) is not None]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Telemetry: did the node behave the same for both arms?
 
@@ -162,7 +144,7 @@ def telemetry_comparison(runs: list[dict]) -> dict | None:
     """Per-arm SM clock and throttling from the runs' telemetry summaries; None unless both arms have some."""
     arms = {}
     for arm in (BASELINE, CANDIDATE):
-        sums = [r["telemetry"] for r in runs if r.get("arm") == arm and r.get("status") == "ok" and r.get("telemetry")]
+        sums = [r["telemetry"] for r in ok_runs(runs, arm) if r.get("telemetry")]
         clocks = [float(s["sm_clock_mean_mhz"]) for s in sums if s.get("sm_clock_mean_mhz") is not None]
         fracs = [f for f in (_throttle_fraction(s) for s in sums) if f is not None]
         arms[arm] = {"runs": len(sums), "sm_clock": clocks, "throttle_fraction": fracs}
@@ -193,14 +175,12 @@ def _fmt_diff(d: Difference, unit: str, digits: int, claim: str) -> str:
 
 def comparison_markdown(campaign_dir: str | Path) -> str:
     """The comparison of the two arms of a compare campaign, recomputed from its run.json files."""
-    from harness.campaign import load_campaign, load_runs
-
     d = Path(campaign_dir)
     campaign = load_campaign(d)
     runs = load_runs(d)
     if not {BASELINE, CANDIDATE} <= set(campaign.get("arms", {})):
         raise HarnessError(f"{d}: not a compare campaign (it needs arms 'baseline' and 'candidate')")
-    alpha = float(campaign["track"].get("alpha", 0.01))
+    alpha = float(campaign["track"].get("alpha", ALPHA))
     lines = ["### Candidate vs previous record (same node, interleaved A B B A)", ""]
     t_base, t_cand = arm_values(runs, BASELINE, "train_time_s"), arm_values(runs, CANDIDATE, "train_time_s")
     l_base, l_cand = arm_values(runs, BASELINE, "final_val_loss"), arm_values(runs, CANDIDATE, "final_val_loss")
@@ -225,8 +205,6 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
                      + ", ".join(f"{x:+.3f}" for x in pairs))
     seq = campaign.get("until_significant")
     if seq and len(pairs) >= 1:
-        from harness.sequential import TIME_PRIOR, paired_sequential_markdown
-
         lines.append("")
         lines.append(paired_sequential_markdown(pairs, alpha, TIME_PRIOR))
     tele = telemetry_comparison(runs)
@@ -244,111 +222,3 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
         lines.append(f"Node telemetry: no difference between the arms (mean SM clock {c[BASELINE]:.0f} vs "
                      f"{c[CANDIDATE]:.0f} MHz{extra}).")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The command
-
-
-def build_arms(baseline: str, candidate: str, nproc: int | None, env: dict[str, str], *,
-               code_dir: str | Path | None = None, add_files: list[str] | None = None, track: str | None = None):
-    """Two arms; a script, record log or record folder runs against the target of the other side's track (or
-    of --track when neither side is one). Record code is extracted into code_dir/<arm>."""
-    from harness.campaign import is_code_spec, make_arm
-    from harness.extract import discard_code
-
-    built = []
-
-    def arm(spec: str, name: str, default_track=None):
-        try:
-            a = make_arm(spec, name=name, default_track=default_track, nproc=nproc, env=env,
-                         code_dir=Path(code_dir) / name if code_dir else None, add_files=add_files)
-        except HarnessError as e:
-            fail(e)
-        built.append(a)
-        return a
-
-    def fail(error: HarnessError | str):
-        for other in built:  # code extracted for this campaign already: no half campaign folder is left
-            if other.code.get("dir"):
-                discard_code(other.code)
-        raise error if isinstance(error, HarnessError) else HarnessError(error)
-
-    if is_code_spec(baseline) and is_code_spec(candidate):
-        side = track or _track_named_by_path(baseline) or _track_named_by_path(candidate)
-        if side is None:
-            raise HarnessError("name a track for at least one side (e.g. 'speedrun compare short my_train_gpt.py') "
-                               "or pass --track: two scripts leave no target loss to compare against")
-        from harness.tracks import load_track
-
-        t = load_track(side)
-        base, cand = arm(baseline, BASELINE, t), arm(candidate, CANDIDATE, t)
-    elif is_code_spec(baseline):
-        cand = arm(candidate, CANDIDATE)
-        base = arm(baseline, BASELINE, cand.track)
-    else:
-        base = arm(baseline, BASELINE)
-        cand = arm(candidate, CANDIDATE, base.track)
-    if base.track.target != cand.track.target:
-        fail(f"the two tracks have different targets ({base.track.name}: {base.track.target}, "
-             f"{cand.track.name}: {cand.track.target}); compare like with like")
-    if base.nproc != cand.nproc:
-        fail(f"the arms use different process counts ({base.nproc} vs {cand.nproc}); pass --nproc")
-    return base, cand
-
-
-# The competition's record folders live under records/track_1_short/ and records/track_2_medium/.
-_TRACK_FOLDERS = {"track_1_short": "short", "track_2_medium": "medium"}
-
-
-def _track_named_by_path(spec: str) -> str | None:
-    return next((_TRACK_FOLDERS[part] for part in Path(spec).resolve().parts if part in _TRACK_FOLDERS), None)
-
-
-def track_of(baseline: str, candidate: str, track: str | None = None) -> str:
-    """The track whose campaign folder this comparison goes to (before any arm is built)."""
-    from harness.campaign import is_code_spec
-    from harness.tracks import load_track
-
-    for spec in (candidate, baseline):
-        if not is_code_spec(spec):
-            return load_track(spec).name
-    side = track or _track_named_by_path(baseline) or _track_named_by_path(candidate)
-    if side is None:
-        raise HarnessError("name a track for at least one side (e.g. 'speedrun compare short my_train_gpt.py') "
-                           "or pass --track: two scripts leave no target loss to compare against")
-    return load_track(side).name
-
-
-def cmd_compare(baseline: str, candidate: str, runs: int, until_significant: bool = False,
-                max_runs: int | None = None, out: str | None = None, env: dict | None = None,
-                nproc: int | None = None, data_path: str | None = None, telemetry: bool = True,
-                quiet: bool = False, add_files: list[str] | None = None, track: str | None = None,
-                run_anyway: bool = False) -> int:
-    """Run both arms interleaved; print and write the comparison. The verdict (and exit 4 when it fails) is
-    the candidate's loss claim against the target; the time gain is reported, not judged. Exit 3 if some
-    runs failed."""
-    from harness.campaign import new_campaign_dir, run_campaign
-    from harness.record_env import prepare_arms
-    from harness.run_command import finish_campaign, with_data_path
-
-    if max_runs is not None and not until_significant:
-        raise HarnessError("--max-runs goes with --until-significant")
-    out_dir = new_campaign_dir(track_of(baseline, candidate, track), out)
-    base, cand = build_arms(baseline, candidate, nproc, with_data_path(dict(env or {}), data_path),
-                            code_dir=Path(out_dir) / "code", add_files=add_files, track=track)
-    prepare_arms([base, cand], add_files=add_files, run_anyway=run_anyway)
-    stop_rule, extra = None, {"compare": {"baseline": baseline, "candidate": candidate, "order": "ABBA"}}
-    per_arm = runs
-    if until_significant:
-        from harness.sequential import make_stop_rule
-
-        per_arm = max_runs or max(runs, 20)
-        stop_rule = make_stop_rule(cand.track.target, cand.track.alpha, per_arm, kind="compare")
-        extra["until_significant"] = {"max_runs": per_arm, "kind": "compare"}
-    schedule = balanced_order(per_arm)
-    # Both runs of an A/B pair get the same seed, so seed-to-seed loss variation cancels within a pair.
-    seeds = [k // 2 for k in range(len(schedule))]
-    campaign_dir = run_campaign(out_dir, [base, cand], schedule, stop_rule=stop_rule, telemetry=telemetry,
-                                kind="compare", seeds=seeds, extra=extra, quiet=quiet)
-    return finish_campaign(campaign_dir)

@@ -1,5 +1,5 @@
-"""Environment fingerprint and pins: what machine and software a campaign ran on, and whether that is the
-track's record environment ("record-grade").
+"""The node's fingerprint and the track's pins: what machine and software a campaign ran on, and whether that
+is the track's record environment ("record-grade"). (Environment variables of runs are campaign.py's.)
 
 `speedrun env` prints the fingerprint; `speedrun env --check TRACK` lists what differs from the track's pins
 and exits 1 unless the environment is record-grade. Without an NVIDIA driver the GPU part says so in one
@@ -8,7 +8,6 @@ line and everything else still works (the tiny track runs on CPU).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -232,36 +231,3 @@ def fingerprint_rows(fp: dict) -> list[tuple[str, str]]:
 def _uniq(vals: list[str]) -> str:
     u = sorted(set(vals))
     return u[0] if len(u) == 1 else ", ".join(vals)
-
-
-def cmd_env(check_track: str | None, as_json: bool) -> int:
-    """`speedrun env [--check TRACK] [--json]`."""
-    from harness.tracks import load_track
-
-    track = load_track(check_track) if check_track else None  # HarnessError for an unknown track
-    fp = fingerprint()
-    env = campaign_env(track, fp) if track else None
-    if as_json:
-        print(json.dumps(env if env else {"fingerprint": fp}, indent=2, default=str))
-        return 0 if env is None or env["record_grade"] else 1
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = Console()  # values, names and mismatches are Text: they quote the node and a track.toml
-    table = Table(title="environment fingerprint", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for k, v in fingerprint_rows(fp):
-        table.add_row(Text(str(k)), Text(str(v)))
-    console.print(table)
-    if env is None:
-        return 0
-    if env["record_grade"]:
-        console.print(Text.assemble(("record-grade", "green"),
-                                    f" for track {track.name}: matches its pins and frozen files"))
-        return 0
-    console.print(Text.assemble(("not record-grade", "red"), f" for track {track.name}:"))
-    for m in env["mismatches"]:
-        console.print(Text(f"  - {m}"))
-    return 1

@@ -1,0 +1,38 @@
+"""The console summary of a campaign: the runs table, then the timing sections of its record.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harness.record_md import number_text, cache_state, timing_markdown
+from harness.results import is_ok, load_campaign, load_runs
+
+
+def print_summary(campaign_dir: str | Path, console=None) -> None:
+    """The end-of-campaign table and the block, on the console."""
+    console = console or Console()
+    d = Path(campaign_dir)
+    campaign = load_campaign(d)
+    runs = load_runs(d)
+    # Every cell and the title are Text, never markup: names, statuses and reasons come from files and runs.
+    table = Table(title=Text(f"{campaign['track']['name']} campaign {campaign['id']} ({campaign.get('status')})"))
+    for col, justify in (("run", "right"), ("arm", "left"), ("seed", "right"), ("status", "left"),
+                         ("val loss", "right"), ("train time (s)", "right"), ("compile (s)", "right"),
+                         ("wall (s)", "right"), ("reason", "left")):
+        table.add_column(col, justify=justify)
+    for r in runs:
+        status = Text(str(r.get("status")), style="green" if is_ok(r) else "red")
+        table.add_row(Text(str(r["index"])), Text(str(r.get("arm", ""))), Text(str(r.get("seed", ""))), status,
+                      Text(number_text(r.get("final_val_loss"), 4)), Text(number_text(r.get("train_time_s"), 3)),
+                      Text(f"{number_text(r.get('compile_warmup_s'), 1)} {cache_state(r)}"), Text(number_text(r.get("wall_s"), 1)),
+                      Text(str(r.get("reason") or "")))
+    console.print(table)
+    # The block(s) and what follows them, record.md's timing sections: what a contributor pastes. Plain print,
+    # never wrapped to the terminal width: the block must paste back as valid Python.
+    console.file.flush()
+    print(timing_markdown(d))
+    print(f"\nresults: {d}  (record.md there)")

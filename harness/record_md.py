@@ -1,0 +1,223 @@
+"""record.md and the plots of a campaign. Everything is recomputed from the files under the campaign folder,
+so `speedrun report DIR` can regenerate it at any time. The "Timing and Validation" part is made of the
+sections the campaign's kind names (results.KINDS); the console summary prints the same sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.comparison import comparison_markdown
+from harness.compile_cache import describe_config
+from harness.fingerprint import env_markdown
+from harness.fsio import write_text_atomic
+from harness.plots import make_campaign_plots
+from harness.extract import RECORD_KINDS, describe_code
+from harness.record_block import render_block
+from harness.record_pins import LABELS
+from harness.results import (BASELINE, arm_series, claim_arm, failed_runs, kind_of, load_campaign, load_runs,
+                             ok_runs)
+from harness.scaling import scaling_markdown
+from harness.sequential import sequential_markdown
+from harness.telemetry import telemetry_markdown
+from harness.verdict import verdict
+
+
+def _fence(text: str) -> str:
+    return "```\n" + text + "```\n"
+
+
+TIMING_HEADING = "## Timing and Validation"
+
+
+def record_markdown(campaign_dir: str | Path) -> str:
+    d = Path(campaign_dir)
+    campaign = load_campaign(d)
+    runs = load_runs(d)
+    track = campaign["track"]
+    target, alpha = float(track["target"]), float(track["alpha"])
+    n_sched = len(campaign["schedule"])
+    lines = [
+        f"# {track['name']} campaign {campaign['id']}",
+        "",
+        f"- verdict: {verdict(campaign, runs)[1]}",
+        f"- status: **{campaign.get('status', '?')}**"
+        + (f" ({campaign['stop_reason']})" if campaign.get("stop_reason") else ""),
+        f"- runs: {len(ok_runs(runs))} ok, {len(failed_runs(runs))} failed, {n_sched} scheduled",
+        f"- target: mean final val loss < {target} (one-sided t-test, p < {alpha})",
+        f"- created: {campaign.get('created', '?')}",
+        "",
+    ]
+    lines += timing_lines(d, campaign, runs)
+    lines += ["## Runs", "", _runs_table_md(runs), ""]
+    if any(isinstance(a, dict) and a.get("code") for a in campaign["arms"].values()):
+        lines += [arms_markdown(campaign), ""]  # where each arm's code came from, its pins and downloads
+    cache_md = _compile_cache_md(campaign)
+    if cache_md:
+        lines += ["## Compile cache", "", cache_md, ""]
+    if campaign.get("environment"):
+        lines += [env_markdown(campaign["environment"]), ""]
+    tele = _telemetry_md(runs)
+    if tele:
+        lines += ["## Telemetry", "", tele, ""]
+    plots = sorted((d / "plots").glob("*.png")) if (d / "plots").is_dir() else []
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def timing_lines(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+    """The "Timing and Validation" part, as lines: the heading, then the sections of the campaign's kind."""
+    lines = [TIMING_HEADING, ""]
+    for name in kind_of(campaign).sections:
+        lines += SECTIONS[name](campaign_dir, campaign, runs)
+    return lines
+
+
+def timing_markdown(campaign_dir: str | Path) -> str:
+    """The "Timing and Validation" part of a campaign's record.md: the block(s) a contributor pastes."""
+    d = Path(campaign_dir)
+    return "\n".join(timing_lines(d, load_campaign(d), load_runs(d))).strip()
+
+
+def _claim_block(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+    """The claim arm's record block, and under it the sequential line after --until-significant."""
+    target, alpha = float(campaign["track"]["target"]), float(campaign["track"]["alpha"])
+    losses, times = arm_series(runs, claim_arm(campaign))
+    if not losses:
+        return ["No run finished successfully: there is no block to report.\n"]
+    lines = [_fence(render_block(losses, times, target))]
+    if campaign.get("until_significant"):  # the loss claim's own anytime-valid line (a comparison adds its time line below)
+        lines.append(_sequential_line(losses, target, alpha))
+    return lines
+
+
+def _baseline_block(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+    """A comparison: the previous record's block (no p: it makes no claim), then the comparison."""
+    target = float(campaign["track"]["target"])
+    b_losses, b_times = arm_series(runs, BASELINE)
+    lines = ["Previous record (timed on same machine):", ""]
+    lines.append(_fence(render_block(b_losses, b_times, target, with_p=False)) if b_losses
+                 else "No baseline run finished successfully.\n")
+    lines.append(comparison_markdown(campaign_dir) + "\n")
+    return lines
+
+
+def _count_blocks(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+    """A scaling campaign: one block per GPU count."""
+    target = float(campaign["track"]["target"])
+    lines = []
+    for arm, spec in campaign["arms"].items():
+        a_losses, a_times = arm_series(runs, arm)
+        n = int(spec["nproc"])
+        lines += [f"{arm} ({n} process{'es' if n > 1 else ''}):", ""]
+        lines.append(_fence(render_block(a_losses, a_times, target)) if a_losses
+                     else "No run of this count finished successfully.\n")
+    return lines
+
+
+def _scaling_tables(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+    return [scaling_markdown(campaign_dir)]
+
+
+# The sections a kind names (results.KINDS), in the order it names them.
+SECTIONS = {"claim_block": _claim_block, "baseline_block": _baseline_block, "count_blocks": _count_blocks,
+            "scaling_tables": _scaling_tables}
+
+
+def _sequential_line(losses: list[float], target: float, alpha: float) -> str:
+    return sequential_markdown(losses, target, alpha) + "\n"
+
+
+def _telemetry_md(runs: list[dict]) -> str:
+    summaries = [(str(r["index"]), r["telemetry"]) for r in runs if r.get("telemetry")]
+    return telemetry_markdown(summaries) if summaries else ""
+
+
+def _runs_table_md(runs: list[dict]) -> str:
+    rows = ["| run | arm | seed | status | final step | val loss | train time (s) | compile + warm-up (s) | cache "
+            "| wall (s) | reason |",
+            "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    for r in runs:
+        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["index"], r.get("arm", ""), r.get("seed", ""), r.get("status", ""),
+            _or_dash(r.get("final_step")), number_text(r.get("final_val_loss"), 4), number_text(r.get("train_time_s"), 3),
+            number_text(r.get("compile_warmup_s"), 1), cache_state(r), number_text(r.get("wall_s"), 1),
+            (r.get("reason") or "").replace("|", "/")))
+    return "\n".join(rows)
+
+
+def _compile_cache_md(campaign: dict) -> str:
+    """Each arm's compile cache folder, and the Triton autotune configs its runs share (campaign.json)."""
+    arms = campaign.get("compile_cache")
+    if not isinstance(arms, dict) or not arms:
+        return ""
+    lines = []
+    for arm, rec in arms.items():
+        if not isinstance(rec, dict):
+            continue
+        lines.append(f"- {arm}: " + (f"`{rec.get('dir')}` (key {rec.get('digest')})" if rec.get("enabled")
+                                      else "off (--no-cache)"))
+    tuned = [(arm, kernel, e) for arm, kernels in (campaign.get("triton_autotune") or {}).items()
+             if isinstance(kernels, dict) for kernel, entries in kernels.items() for e in entries]
+    if tuned:
+        lines += ["", "Triton autotune (kept on disk, used by every run after the first):", "",
+                  "| arm | kernel | tuning key | chosen config | timing (ms) |", "| --- | --- | --- | --- | --- |"]
+        for arm, kernel, e in tuned:
+            cfg = describe_config(e["config"]) if isinstance(e.get("config"), dict) else e.get("problem", "?")
+            lines.append(f"| {arm} | {kernel} | {e.get('key')} | {cfg} | {e.get('timing')} |".replace("\n", " "))
+    return "\n".join(lines)
+
+
+def cache_state(run: dict) -> str:
+    """cold / warm (the compile cache folder was empty / had entries before the run), off, or - (older runs)."""
+    cache = run.get("compile_cache")
+    if not isinstance(cache, dict):
+        return "-"
+    return str(cache.get("state") or "-") if cache.get("enabled") else "off"
+
+
+def _or_dash(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def number_text(v, digits: int) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)  # a hand-edited run.json: shown as is
+
+
+def write_record(campaign_dir: str | Path) -> Path:
+    """(Re)write plots and record.md of a campaign from its files."""
+    d = Path(campaign_dir)
+    make_campaign_plots(d)
+    return write_text_atomic(d / "record.md", record_markdown(d))
+
+
+def arms_markdown(campaign: dict) -> str:
+    """record.md's section on each arm: where its code came from, its files' hashes, its pins, downloads."""
+    lines = ["## Code of each arm", ""]
+    for name, arm in (campaign.get("arms") or {}).items():
+        code = arm.get("code") or {}
+        lines.append(f"- **{name}**: {_md(describe_code(code))}; script sha256 `{arm.get('script_sha256')}`")
+        if code.get("kind") in RECORD_KINDS:
+            lines.append(f"  - log `{_md(code.get('log'))}` (sha256 `{code.get('log_sha256')}`), embedded source "
+                         f"sha256 `{code.get('source_sha256')}`" + (f"; {_md(code['note'])}" if code.get("note") else ""))
+            for fname, digest in (code.get("files") or {}).items():
+                lines.append(f"  - from the log: `{_md(fname)}` sha256 `{digest}`")
+            for fname, extra in (code.get("extra_files") or {}).items():
+                lines.append(f"  - **not from the log**: `{_md(fname)}` sha256 `{extra.get('sha256')}`, "
+                             f"placed from `{_md(extra.get('from'))}`")
+        pins = arm.get("pins") or {}
+        if pins:
+            lines.append("  - environment pins (its log): " + ", ".join(f"{LABELS.get(k, k)} {_md(v)}"
+                                                                          for k, v in pins.items()))
+            diffs = arm.get("pin_differences") or []
+            lines.append("  - this node: " + ("matches them" if not diffs else "differs in " + "; ".join(map(_md, diffs))))
+        for d in arm.get("downloads") or []:
+            lines.append(f"  - download: {_md(d.get('line', ''))}")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text) -> str:
+    """A string from a log or a path, safe inside markdown table-free text (no HTML, no backtick breaks)."""
+    return str(text).replace("`", "'").replace("<", "&lt;").replace(">", "&gt;")

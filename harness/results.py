@@ -1,0 +1,239 @@
+"""A campaign's results on disk: campaign.json and runs/<k>/run.json, read and written only here.
+
+Layout (docs/DESIGN.md "Campaigns and results"):
+    <campaign>/campaign.json          what was asked, the arms, the schedule, environment, pins verdict, status
+    <campaign>/runs/<k>/output.txt    the run's full stdout+stderr
+    <campaign>/runs/<k>/logs/*.txt    the script's own log (scripts write logs/<uuid>.txt in their cwd)
+    <campaign>/runs/<k>/run.json      the parsed result: status, reason, final loss and time, val curve, ...
+    <campaign>/record.md, plots/      written by the command that ran the campaign (record_md.py)
+
+What every reader means by the same words is defined here once: a finished run, an ok run, the claim arm,
+a run's log, the kinds of campaign and the arms of a comparison. Readers take plain dicts as the JSON holds
+them (a hand-edited file is shown as it is, never refused by a renderer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.fsio import read_json, read_json_object, write_json_atomic
+
+FORMAT_VERSION = 1
+CAMPAIGN_FILE = "campaign.json"
+RUN_FILE = "run.json"
+RUNS_FOLDER = "runs"
+
+# Run statuses: a finished run (ok or failed) is kept by --resume; an interrupted one is redone.
+OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
+FINISHED = (OK, FAILED)
+
+# The arms of a comparison (compare.py schedules them A B B A).
+BASELINE, CANDIDATE = "baseline", "candidate"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kinds of campaign: one table from a kind to its claim arm, record.md's timing sections, plots and stop rule.
+# Sections, plots and stop rules are named here and resolved by record_md.py, plots.py and stop_rules.py,
+# which sit above this module.
+
+
+def _first_arm(campaign: dict) -> str:
+    return list(campaign["arms"])[0]
+
+
+def _candidate(campaign: dict) -> str:
+    return CANDIDATE
+
+
+def _most_processes(campaign: dict) -> str:
+    """The largest GPU count: the configuration a record would run."""
+    arms = campaign["arms"]
+    return max(arms, key=lambda a: int(arms[a]["nproc"]))
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    claim_arm: Any  # (campaign dict) -> the arm whose numbers are the claim
+    claim_label: Any  # (claim arm) -> how the verdict line names the claim ("" for a plain run)
+    sections: tuple[str, ...]  # record.md's "Timing and Validation" sections, in order (record_md.SECTIONS)
+    plots: tuple[str, ...]  # plots/<name>.png (plots.PLOTS)
+    stop_rule: str  # the --until-significant rule (stop_rules.RULES)
+
+
+RUN, COMPARE, SCALING = "run", "compare", "scaling"
+KINDS = {
+    RUN: Kind(RUN, _first_arm, lambda arm: "", ("claim_block",), ("clocks_power", "val_loss"), "one-sample"),
+    COMPARE: Kind(COMPARE, _candidate, lambda arm: "the candidate's claim", ("claim_block", "baseline_block"),
+                  ("clocks_power", "val_loss"), "compare"),
+    SCALING: Kind(SCALING, _most_processes, lambda arm: f"the claim of {arm}", ("count_blocks", "scaling_tables"),
+                  ("clocks_power", "val_loss", "scaling"), "one-sample"),
+}
+
+
+def kind_of(campaign: dict) -> Kind:
+    """The campaign's kind; a kind this harness does not know is treated as a plain run."""
+    return KINDS.get(campaign.get("kind"), KINDS[RUN])
+
+
+def claim_arm(campaign: dict) -> str:
+    """The arm whose numbers are the claim: the candidate in a comparison, the largest GPU count in a scaling
+    campaign (the configuration a record would run), the only arm otherwise."""
+    return kind_of(campaign).claim_arm(campaign)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def is_ok(run: dict, arm: str | None = None) -> bool:
+    return run.get("status") == OK and (arm is None or run.get("arm") == arm)
+
+
+def ok_runs(runs: list[dict], arm: str | None = None) -> list[dict]:
+    """The runs that count: finished with a final loss and time (of one arm, if named)."""
+    return [r for r in runs if is_ok(r, arm)]
+
+
+def failed_runs(runs: list[dict], arm: str | None = None) -> list[dict]:
+    return [r for r in runs if r.get("status") == FAILED and (arm is None or r.get("arm") == arm)]
+
+
+def finished_runs(runs: list[dict]) -> list[dict]:
+    """The runs --resume keeps (ok or failed); the others are redone."""
+    return [r for r in runs if r.get("status") in FINISHED]
+
+
+def arm_series(runs: list[dict], arm: str | None = None) -> tuple[list[float], list[float]]:
+    """(final losses, train times) of the ok runs: the numbers of a record block."""
+    good = ok_runs(runs, arm)
+    return [r["final_val_loss"] for r in good], [r["train_time_s"] for r in good]
+
+
+def arm_values(runs: list[dict], arm: str, key: str) -> list[float]:
+    """One number of every ok run of an arm that has it, as floats."""
+    return [float(r[key]) for r in ok_runs(runs, arm) if r.get(key) is not None]
+
+
+def pair_differences(runs: list[dict], key: str = "train_time_s") -> list[float]:
+    """candidate - baseline for every complete A/B pair of a comparison's schedule (runs 2j and 2j+1)."""
+    by_index = {r["index"]: r for r in runs}
+    out = []
+    for j in range(0, (max(by_index) + 1) if by_index else 0, 2):
+        pair = [by_index.get(j), by_index.get(j + 1)]
+        if any(r is None or not is_ok(r) or r.get(key) is None for r in pair):
+            continue
+        arms = {r["arm"]: float(r[key]) for r in pair}
+        if set(arms) == {BASELINE, CANDIDATE}:
+            out.append(arms[CANDIDATE] - arms[BASELINE])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run's files
+
+
+def run_dir(campaign_dir: str | Path, index: int) -> Path:
+    return Path(campaign_dir) / RUNS_FOLDER / str(index)
+
+
+def log_files(run_dir: Path) -> list[Path]:
+    """The script's own log files of a run, oldest first."""
+    return sorted((run_dir / "logs").glob("*.txt"), key=lambda p: p.stat().st_mtime)
+
+
+def run_log_path(run_dir: Path) -> Path:
+    """The log a run's result is read from: the script's own (newest) log file, else its captured output."""
+    files = log_files(run_dir)
+    return files[-1] if files else run_dir / "output.txt"
+
+
+def recorded_log_path(run_dir: Path, run: dict) -> Path | None:
+    """A finished run's log: the one its run.json names (log_file, relative to the run's folder), else what
+    run_log_path finds; None when neither is there."""
+    named = run.get("log_file")
+    if isinstance(named, str) and (run_dir / named).is_file():
+        return run_dir / named
+    found = run_log_path(run_dir)
+    return found if found.is_file() else None
+
+
+def has_run(run_dir: Path) -> bool:
+    return (run_dir / RUN_FILE).is_file()
+
+
+def read_run(run_dir: Path) -> dict:
+    """One run.json, which must hold an object."""
+    run = read_json(run_dir / RUN_FILE)
+    if not isinstance(run, dict):
+        raise HarnessError(f"{run_dir / RUN_FILE}: not a JSON object")
+    return run
+
+
+def read_run_or_empty(run_dir: Path) -> dict:
+    """One run.json, or {} when it is missing or malformed: for readers that show what they can (plots)."""
+    return read_json_object(run_dir / RUN_FILE)
+
+
+def write_run(run_dir: Path, run: dict) -> Path:
+    return write_json_atomic(run_dir / RUN_FILE, run)
+
+
+def load_runs(campaign_dir: str | Path) -> list[dict]:
+    """run.json of every run in schedule order (runs not started yet are absent)."""
+    runs_dir = Path(campaign_dir) / RUNS_FOLDER
+    out = []
+    for d in sorted(runs_dir.glob("*"), key=lambda p: (len(p.name), p.name)):
+        if d.is_dir() and d.name.isdigit() and (d / RUN_FILE).exists():
+            out.append(read_json(d / RUN_FILE))
+    return out
+
+
+def run_of(runs: list[dict], index: int) -> dict:
+    return next(r for r in runs if r["index"] == index)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# campaign.json
+
+CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of campaign.json relies on
+
+
+def campaign_path(campaign_dir: str | Path) -> Path:
+    return Path(campaign_dir) / CAMPAIGN_FILE
+
+
+def is_campaign(folder: str | Path) -> bool:
+    return campaign_path(folder).exists()
+
+
+def load_campaign(campaign_dir: str | Path) -> dict:
+    d = Path(campaign_dir)
+    if not d.is_dir():
+        raise HarnessError(f"{d}: no such campaign folder")
+    if not campaign_path(d).is_file():
+        raise HarnessError(f"{d}: not a campaign folder (no campaign.json)")
+    campaign = read_json(campaign_path(d))
+    if not isinstance(campaign, dict):
+        raise HarnessError(f"{campaign_path(d)}: not a JSON object")
+    missing = [k for k in CAMPAIGN_KEYS if k not in campaign]
+    if missing:
+        raise HarnessError(f"{campaign_path(d)}: missing {', '.join(map(repr, missing))} (not written by speedrun?)")
+    return campaign
+
+
+def read_campaign_or_empty(campaign_dir: str | Path) -> dict:
+    """campaign.json, or {} when it is missing or malformed: for readers that show what they can (plots)."""
+    return read_json_object(campaign_path(campaign_dir))
+
+
+def read_campaign_json(campaign_dir: str | Path) -> dict:
+    """campaign.json as it is, unchecked (a resume re-reads its own file under the lock)."""
+    return read_json(campaign_path(campaign_dir))
+
+
+def write_campaign(campaign_dir: str | Path, campaign: dict) -> Path:
+    return write_json_atomic(campaign_path(campaign_dir), campaign)
