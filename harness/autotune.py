@@ -29,7 +29,6 @@ from typing import Callable
 
 from harness.errors import HarnessError
 from harness.fsio import read_json, sha256_file, write_json_atomic, write_text_atomic
-from harness.tracks import load_track
 
 FORMAT = 1
 LAUNCH_KEYS = ("BLOCK", "BLOCK_K", "num_warps", "num_stages")
@@ -74,7 +73,7 @@ def relative_error(out, ref) -> float:
 
 
 def default_bench(fn: Callable[[], object]) -> float:
-    import triton.testing
+    import triton.testing  # deferred: GPU-only and heavy, imported when a kernel is benchmarked
 
     return float(triton.testing.do_bench(fn, return_mode="median"))
 
@@ -124,10 +123,10 @@ def merge_configs(table: dict, gpu: str, triton_version: str, results: dict[str,
 
 def environment_keys() -> tuple[str, str, str]:
     """(device, gpu name, triton version) of this machine."""
-    import torch
+    import torch  # deferred: heavy, imported when autotune runs
 
     try:
-        import triton
+        import triton  # deferred: heavy and optional
     except ImportError:
         raise HarnessError("autotune needs Triton, which is not installed") from None
     if not torch.cuda.is_available():
@@ -171,9 +170,3 @@ def update_frozen_hash(toml_path: Path, rel: str, digest: str) -> bool:
             write_text_atomic(toml_path, "".join(lines))
             return True
     return False
-
-
-def cmd_autotune(track: str) -> int:
-    t = load_track(track)
-    autotune_track(t.folder)
-    return 0

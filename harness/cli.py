@@ -212,23 +212,21 @@ def dispatch(args: argparse.Namespace) -> int:
 
         apply_options(no_cache=args.no_cache, cache_dir=args.cache_dir)
     if args.command == "cache":
-        from harness import compile_cache
+        from harness.commands.cache import cmd_cache_export, cmd_cache_import, cmd_cache_list
 
         if args.cache_command == "list":
-            return compile_cache.cmd_cache_list(args.cache_dir)
+            return cmd_cache_list(args.cache_dir)
         if args.cache_command == "export":
-            return compile_cache.cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir,
-                                                  lean=args.lean)
-        return compile_cache.cmd_cache_import(args.files, cache_dir=args.cache_dir)
+            return cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir, lean=args.lean)
+        return cmd_cache_import(args.files, cache_dir=args.cache_dir)
     if args.command == "run":
         from harness.commands.run import cmd_run
 
         return cmd_run(args)
     if args.command == "stats":
-        from harness.record_block import render_block
+        from harness.commands.stats import cmd_stats
 
-        print(render_block(args.losses, args.times, args.target, with_p=not args.no_p), end="")
-        return 0
+        return cmd_stats(args.losses, args.times, args.target, with_p=not args.no_p)
     if args.command == "verify":
         from harness.commands.verify import cmd_verify, cmd_verify_each
 
@@ -248,11 +246,11 @@ def dispatch(args: argparse.Namespace) -> int:
             return cmd_env_for(args.for_log)
         return cmd_env(check_track=args.check, as_json=args.json)
     if args.command == "autotune":
-        from harness.autotune import cmd_autotune
+        from harness.commands.autotune import cmd_autotune
 
         return cmd_autotune(args.track)
     if args.command == "data":
-        from harness.data import cmd_data
+        from harness.commands.data import cmd_data
 
         return cmd_data(args.dataset, shards=args.shards, data_path=args.data_path, from_dir=args.from_dir,
                         track=args.track)

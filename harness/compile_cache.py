@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import lzma
@@ -35,11 +36,13 @@ import math
 import os
 import platform
 import re
-import secrets
+import runpy
 import shutil
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -85,10 +88,6 @@ def node_identity() -> dict:
 def _torch_versions() -> tuple[str | None, str | None]:
     """(torch.__version__, torch.version.cuda), from torch's own version.py when torch is not imported yet:
     `cache list/export/import` then start in a fraction of a second instead of importing torch."""
-    import importlib.util
-    import runpy
-    import sys
-
     if "torch" not in sys.modules:
         spec = importlib.util.find_spec("torch")
         if spec is None:
@@ -99,14 +98,12 @@ def _torch_versions() -> tuple[str | None, str | None]:
                 return str(v["__version__"]), v.get("cuda")
             except Exception:  # an unusual build: ask torch itself below
                 break
-    import torch
+    import torch  # deferred: the slow path, only when torch's version.py cannot be read
 
     return torch.__version__, torch.version.cuda
 
 
 def _triton_version() -> str | None:
-    from importlib import metadata
-
     for dist in ("triton", "pytorch-triton"):
         try:
             return metadata.version(dist)
@@ -411,50 +408,6 @@ def list_folders(root: Path) -> list[Folder]:
     return out
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
-def cmd_cache_list(cache_dir: str | None = None) -> int:
-    root = _root_for_command(cache_dir)
-    identity = node_identity()
-    folders = list_folders(root)
-    print(f"compile cache root: {root}")
-    if not folders:
-        print("(empty: a campaign fills it)")
-        return 0
-    for f in folders:
-        bad = f.mismatches(identity)
-        key = f.key or {}
-        script = Path(str(f.about.get("script", "?"))).name
-        print(f"{f.path.name}  {f.entries} files, {_mib(f.bytes)}  {script!r} nproc={key.get('nproc')}  "
-              f"torch {key.get('torch')}, triton {key.get('triton')}, {key.get('gpu')}  "
-              + ("this node" if not bad else "other environment: " + "; ".join(bad)))
-        parts = _parts_of(f.path)
-        if parts:
-            print("    " + ", ".join(f"{name} {_mib(n)}" for name, n in parts))
-    total = sum(f.bytes for f in folders)
-    print(f"total: {len(folders)} folders, {_mib(total)}")
-    return 0
-
-
-def _parts_of(folder: Path) -> list[tuple[str, int]]:
-    """Bytes per cache (inductor, triton, ...), and the share of Triton's intermediate IR (`export --lean`)."""
-    out = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        out.append((sub.name, folder_bytes(sub)))
-        if sub.name == "triton":
-            ir = sum(p.stat().st_size for p in sub.rglob("*") if p.suffix in TRITON_INTERMEDIATES and p.is_file())
-            out.append(("(of which Triton IR)", ir))
-    return out
-
-
-def _root_for_command(cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser().resolve()
-    return cache_root({**os.environ, "SPEEDRUN_NO_CACHE": ""})
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Export
 
@@ -533,54 +486,6 @@ def part_path(out: Path, k: int) -> Path:
     return out.with_name(f"{out.name}.{k:03d}")
 
 
-def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache_dir: str | None = None,
-                     lean: bool = False) -> int:
-    size = parse_size(part_size) if part_size else None
-    root = _root_for_command(cache_dir)
-    identity = node_identity()
-    folders, skipped = [], []
-    for f in list_folders(root):
-        bad = f.mismatches(identity)
-        if bad:
-            skipped.append(f"{f.path.name} ({'; '.join(bad)})")
-        elif f.entries:
-            folders.append(f)
-    if not folders:
-        raise HarnessError(f"no filled compile cache for this node under {root} (a campaign fills it)")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_path = Path(out) if out else Path.cwd() / f"speedrun-compile-cache-{stamp}.tar.xz"
-    archive, n_files, raw = build_archive(folders, identity, lean=lean)
-    if size is None:
-        write_bytes_atomic(out_path, archive)
-        written = [out_path]
-    else:
-        parts = split_parts(archive, size)
-        written = [write_bytes_atomic(part_path(out_path, k + 1), p) for k, p in enumerate(parts)]
-        _remove_stale_parts(out_path, len(parts))
-    for s in skipped:
-        print(f"skipped {s}")
-    print(f"exported {len(folders)} cache folder(s), {n_files} files, {_mib(raw)} -> {_mib(len(archive))} (xz)")
-    for p in written:
-        print(f"  {p}  {_mib(p.stat().st_size)}")
-    return 0
-
-
-def _remove_stale_parts(out_path: Path, n: int) -> None:
-    """Parts beyond n left by an earlier, larger export of the same name would make the next import refuse."""
-    k = n + 1
-    while part_path(out_path, k).is_file():
-        p = part_path(out_path, k)
-        with open(p, "rb") as fh:
-            if fh.read(len(PART_MAGIC)) != PART_MAGIC:
-                break
-        p.unlink()
-        k += 1
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Import
-
-
 def assemble_parts(paths: list[Path]) -> bytes:
     """The archive from its parts, given in any order: every part of one export exactly once, each payload and
     the whole checked against the headers."""
@@ -618,7 +523,7 @@ def assemble_parts(paths: list[Path]) -> bytes:
     return archive
 
 
-def _archive_bytes(paths: list[Path]) -> bytes:
+def archive_bytes(paths: list[Path]) -> bytes:
     for p in paths:
         if not p.is_file():
             raise HarnessError(f"{p}: no such file")
@@ -707,42 +612,3 @@ def extract_archive(archive: bytes, staging: Path, identity: dict) -> dict:
         if stored is None or stored.get("key") != entry["key"]:
             raise HarnessError(f"cache archive: folder {digest} lacks its key.json or it differs from the manifest")
     return entries
-
-
-def cmd_cache_import(files: list[str], cache_dir: str | None = None) -> int:
-    root = _root_for_command(cache_dir)
-    identity = node_identity()
-    archive = _archive_bytes([Path(f) for f in files])
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".import-{secrets.token_hex(4)}"
-    try:
-        staging.mkdir()
-        entries = extract_archive(archive, staging, identity)
-        for digest, entry in sorted(entries.items()):
-            added = _merge_into(staging / digest, root / digest)
-            script = Path(str((entry.get("about") or {}).get("script", "?"))).name
-            print(f"imported {digest} ({script!r}, nproc={entry['key'].get('nproc')}): {added} new files")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    print(f"compile cache root: {root}")
-    return 0
-
-
-def _merge_into(src: Path, dest: Path) -> int:
-    """Move src into dest: the whole folder when dest is new, else only the files dest lacks (kept files win:
-    a cache entry is named by its content's hash, so a file of the same name holds the same thing)."""
-    if not dest.exists():
-        n = count_entries(src)
-        os.replace(src, dest)
-        return n
-    added = 0
-    for path in sorted(src.rglob("*")):
-        if not path.is_file():
-            continue
-        target = dest / path.relative_to(src)
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        added += 1
-    return added

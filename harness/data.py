@@ -83,7 +83,7 @@ def shard_entry(path: Path, source: str) -> dict:
 def hf_download(filename: str, dest_dir: Path) -> Path:
     """Download one file of the dataset into dest_dir (huggingface_hub, imported only when needed)."""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # deferred: optional, only for a download
     except ImportError:
         raise HarnessError("downloading FineWeb needs the huggingface_hub package (pip install huggingface_hub), "
                            "or adopt existing shards with --from DIR") from None
@@ -174,34 +174,3 @@ def adopt_from(src: Path) -> Callable[[str, Path], Path]:
             raise HarnessError(f"cannot copy {s} to {dest}: {e.strerror or e}") from None
         return final
     return fetch
-
-
-def cmd_data(dataset: str, shards: int | None = None, data_path: str | None = None, from_dir: str | None = None,
-             track: str = DEFAULT_TRACK) -> int:
-    if dataset != "fineweb":
-        raise HarnessError(f"unknown dataset {dataset!r} (known: fineweb)")
-    if shards is None:
-        from harness.tracks import load_track
-
-        shards = int(load_track(track).data.get("train_shards", 1))
-    root = Path(data_path) if data_path else DEFAULT_ROOT
-    folder = shard_folder(root)
-    names = wanted_shards(shards)
-    if from_dir is not None:
-        src = Path(from_dir)
-        if not src.is_dir():
-            raise HarnessError(f"--from {from_dir}: not a folder")
-        missing = [n for n in names if not (src / n).is_file() and not (folder / n).is_file()]
-        if missing:
-            have = sum(1 for n in names[1:] if (src / n).is_file())
-            raise HarnessError(f"--from {from_dir}: {len(missing)} of {len(names)} shard(s) missing "
-                               f"({', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}); "
-                               f"it has {have} train shard(s), asked for {shards}")
-        fetch, source = adopt_from(src), f"adopted from {src.resolve()}"
-    else:
-        fetch, source = hf_download, f"huggingface:{HF_REPO}"
-    manifest = ensure_shards(folder, names, fetch, source)
-    print(f"data: {folder} holds {len(manifest['shards'])} shard(s), "
-          f"{manifest['tokens']['train']:,} train and {manifest['tokens']['val']:,} val tokens; "
-          f"runs find them {'by default' if data_path is None else f'with --data-path {root}'}")
-    return 0

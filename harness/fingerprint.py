@@ -31,7 +31,7 @@ def _cpu_model() -> str:
 def nvidia_fingerprint() -> dict:
     """GPUs and driver as NVML reports them; {"available": False, "reason": ...} without a driver."""
     try:
-        import pynvml as n
+        import pynvml as n  # deferred: optional (no NVIDIA driver on CPU nodes)
     except ImportError:
         return {"available": False, "reason": "nvidia-ml-py (pynvml) is not installed"}
     try:
@@ -93,7 +93,7 @@ def software_fingerprint() -> dict:
     out: dict = {"python": platform.python_version(), "kernel": platform.release(), "os": platform.platform(),
                  "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "hostname": platform.node()}
     try:
-        import torch
+        import torch  # deferred: heavy and optional
 
         out["torch"] = torch.__version__
         out["cuda_runtime"] = torch.version.cuda  # the CUDA the torch build was compiled for
@@ -106,7 +106,7 @@ def software_fingerprint() -> dict:
     except ImportError:
         out["torch"] = None
     try:
-        import triton
+        import triton  # deferred: heavy and optional
 
         out["triton"] = triton.__version__
     except ImportError:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness.errors import HarnessError
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -87,8 +90,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; a missing or malformed one becomes a HarnessError naming the file."""
-    from harness.errors import HarnessError
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -105,8 +106,6 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_json_object(path: str | os.PathLike) -> dict:
     """A JSON object file, or {} when it is missing, unreadable or not an object: for readers that report
     what they can (telemetry summaries, plots) and must never stop a campaign or a report."""
-    from harness.errors import HarnessError
-
     try:
         data = read_json(path)
     except HarnessError:
@@ -115,8 +114,6 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

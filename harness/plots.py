@@ -46,10 +46,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_clocks_power(campaign_dir: Path, out: Path) -> Path | None:
-    import matplotlib
+    import matplotlib  # deferred: slow to import, only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as matplotlib
 
     panels = []
     for run_dir in _run_dirs(campaign_dir):
@@ -95,10 +95,10 @@ def plot_clocks_power(campaign_dir: Path, out: Path) -> Path | None:
 
 
 def plot_val_loss(campaign_dir: Path, out: Path) -> Path | None:
-    import matplotlib
+    import matplotlib  # deferred: slow to import, only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as matplotlib
 
     curves = []
     for run_dir in _run_dirs(campaign_dir):
@@ -147,10 +147,10 @@ def plot_scaling(campaign_dir: Path, out: Path) -> Path | None:
     stages = list(dict.fromkeys(s for k in counts for s in per[k]["stage_ms"]))
     if not stages:
         return None
-    import matplotlib
+    import matplotlib  # deferred: slow to import, only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as matplotlib
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, stage in enumerate(stages):

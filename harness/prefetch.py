@@ -31,6 +31,7 @@ import hashlib
 import os
 import re
 import shutil
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -471,7 +472,7 @@ def _link_kernel_type(cache: Cache, need: Need) -> None:
 def download_hub(cache: Cache, need: Need) -> dict:
     """Download one repo revision from the hub into the cache (a node with internet)."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # deferred: optional, only for a download
     except ImportError:
         raise HarnessError("downloading from the hub needs huggingface_hub (pip install huggingface_hub), "
                            "or give --from DIR") from None
@@ -523,8 +524,6 @@ def _tiktoken_from_sources(url: str, digest: str, sources: list[Path]) -> bytes 
 
 
 def _download_url(url: str) -> bytes:
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             return r.read()

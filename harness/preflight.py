@@ -21,7 +21,7 @@ from harness.tracks import REPO_ROOT
 def visible_gpu_count() -> int:
     """GPUs this process may use (CUDA_VISIBLE_DEVICES applies); 0 without CUDA."""
     try:
-        import torch
+        import torch  # deferred: heavy, only when the GPUs are counted
     except ImportError:
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -28,6 +28,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 
 from harness.errors import HarnessError
 
@@ -104,8 +105,9 @@ def p_value(losses: list[float], target: float) -> float:
     """scipy.stats.ttest_1samp(losses, target, alternative="less").pvalue."""
     if len(losses) < 2:
         return math.nan
-    import numpy as np
-    from scipy.special import stdtr
+    # deferred: scipy's import is slow, and verify and `speedrun stats` need it only for a p-value
+    import numpy as np  # deferred, with scipy
+    from scipy.special import stdtr  # deferred, see above
 
     a = np.asarray(losses, dtype=np.float64)
     n = a.size
@@ -267,7 +269,6 @@ def _list_items(body: str) -> tuple[list[str], str | None, str]:
 def _seconds_text(items: list[str], unit: str) -> list[str]:
     if unit != "ms":
         return items
-    from decimal import Decimal, InvalidOperation
 
     out = []
     for t in items:

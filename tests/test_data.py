@@ -7,6 +7,7 @@ import pytest
 
 from conftest import make_source, write_shard
 from harness import data
+from harness.commands.data import cmd_data
 from harness.errors import HarnessError
 from harness.fsio import sha256_file
 
@@ -28,7 +29,7 @@ def test_adopt_from_writes_manifest_and_second_call_verifies(tmp_path, capsys):
     src = make_source(tmp_path / "proxy", 3)
     root = tmp_path / "root"
     dest = data.shard_folder(root)  # where runs with DATA_PATH=root look
-    assert data.cmd_data("fineweb", 2, data_path=str(root), from_dir=str(src)) == 0
+    assert cmd_data("fineweb", 2, data_path=str(root), from_dir=str(src)) == 0
     manifest = json.loads((dest / "manifest.json").read_text())
     files = [e["file"] for e in manifest["shards"]]
     assert files == [data.VAL_SHARD, data.train_shard(1), data.train_shard(2)]
@@ -37,7 +38,7 @@ def test_adopt_from_writes_manifest_and_second_call_verifies(tmp_path, capsys):
     assert manifest["tokens"] == {"val": 500, "train": 1001 + 1002}
     capsys.readouterr()
     # second call: everything verified, nothing copied again
-    data.cmd_data("fineweb", 2, data_path=str(root), from_dir=str(src))
+    cmd_data("fineweb", 2, data_path=str(root), from_dir=str(src))
     out = capsys.readouterr().out
     assert out.count("ok (verified)") == 3 and "fetched" not in out
 
@@ -45,7 +46,7 @@ def test_adopt_from_writes_manifest_and_second_call_verifies(tmp_path, capsys):
 def test_too_few_shards_is_one_clear_error_naming_them(tmp_path):
     src = make_source(tmp_path / "proxy", 2)
     with pytest.raises(HarnessError) as e:
-        data.cmd_data("fineweb", 5, data_path=str(tmp_path / "d"), from_dir=str(src))
+        cmd_data("fineweb", 5, data_path=str(tmp_path / "d"), from_dir=str(src))
     msg = str(e.value)
     assert "3 of 6 shard(s) missing" in msg and data.train_shard(3) in msg and data.train_shard(5) in msg
     assert not (data.shard_folder(tmp_path / "d") / "manifest.json").exists(), "nothing is written when the request cannot be met"
@@ -55,14 +56,14 @@ def test_corrupted_shard_is_detected_not_replaced(tmp_path):
     src = make_source(tmp_path / "proxy", 1)
     root = tmp_path / "root"
     dest = data.shard_folder(root)  # where runs with DATA_PATH=root look
-    data.cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
+    cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
     shard = dest / data.train_shard(1)
     raw = bytearray(shard.read_bytes())
     raw[-1] ^= 0xFF
     shard.write_bytes(bytes(raw))
     before = (dest / "manifest.json").read_text()
     with pytest.raises(HarnessError, match="sha256 differs"):
-        data.cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
+        cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
     assert (dest / "manifest.json").read_text() == before
 
 
@@ -79,14 +80,14 @@ def test_download_path_uses_the_downloader_and_validates(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "hf_download", fake_download)
     root = tmp_path / "root"
     dest = data.shard_folder(root)  # where runs with DATA_PATH=root look
-    assert data.cmd_data("fineweb", 2, data_path=str(root)) == 0
+    assert cmd_data("fineweb", 2, data_path=str(root)) == 0
     assert calls == [data.VAL_SHARD, data.train_shard(1), data.train_shard(2)]
     manifest = json.loads((dest / "manifest.json").read_text())
     assert {e["source"] for e in manifest["shards"]} == {"huggingface:kjj0/fineweb10B-gpt2"}
     # a later call with more shards fetches only the new one
     write_shard(src / data.train_shard(3), 77, seed=3)
     calls.clear()
-    data.cmd_data("fineweb", 3, data_path=str(root))
+    cmd_data("fineweb", 3, data_path=str(root))
     assert calls == [data.train_shard(3)]
 
 
@@ -98,7 +99,7 @@ def test_downloaded_garbage_is_rejected(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "hf_download", fake_download)
     with pytest.raises(HarnessError, match="bad magic"):
-        data.cmd_data("fineweb", 1, data_path=str(tmp_path / "d"))
+        cmd_data("fineweb", 1, data_path=str(tmp_path / "d"))
 
 
 def test_missing_huggingface_hub_is_a_clear_error(tmp_path, monkeypatch):
@@ -112,20 +113,20 @@ def test_missing_huggingface_hub_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_hub)
     with pytest.raises(HarnessError, match="huggingface_hub"):
-        data.cmd_data("fineweb", 1, data_path=str(tmp_path / "d"))
+        cmd_data("fineweb", 1, data_path=str(tmp_path / "d"))
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(HarnessError, match="between 1 and 103"):
-        data.cmd_data("fineweb", 0, data_path=str(tmp_path))
+        cmd_data("fineweb", 0, data_path=str(tmp_path))
     with pytest.raises(HarnessError, match="unknown dataset"):
-        data.cmd_data("openwebtext", 1, data_path=str(tmp_path))
+        cmd_data("openwebtext", 1, data_path=str(tmp_path))
     with pytest.raises(HarnessError, match="not a folder"):
-        data.cmd_data("fineweb", 1, data_path=str(tmp_path), from_dir=str(tmp_path / "nope"))
+        cmd_data("fineweb", 1, data_path=str(tmp_path), from_dir=str(tmp_path / "nope"))
     data.shard_folder(tmp_path / "m").mkdir(parents=True)
     (data.shard_folder(tmp_path / "m") / "manifest.json").write_text("{not json")
     with pytest.raises(HarnessError, match="not valid JSON"):
-        data.cmd_data("fineweb", 1, data_path=str(tmp_path / "m"), from_dir=str(make_source(tmp_path / "s", 1)))
+        cmd_data("fineweb", 1, data_path=str(tmp_path / "m"), from_dir=str(make_source(tmp_path / "s", 1)))
 
 
 def test_real_proxy_shards_validate():
@@ -141,12 +142,12 @@ def test_real_proxy_shards_validate():
 def test_manifest_entry_without_tokens_is_one_clear_error(tmp_path):
     src, root = make_source(tmp_path / "src", 1), tmp_path / "root"
     dst = data.shard_folder(root)
-    data.cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
+    cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
     manifest = json.loads((dst / data.MANIFEST).read_text())
     del manifest["shards"][0]["tokens"]
     (dst / data.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(HarnessError, match="a shard entry lacks its file name or token count"):
-        data.cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
+        cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
 
 
 def test_a_failed_copy_is_one_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -159,7 +160,7 @@ def test_a_failed_copy_is_one_error_and_leaves_no_partial_file(tmp_path, monkeyp
 
     monkeypatch.setattr(data.shutil, "copyfile", disk_full)
     with pytest.raises(HarnessError, match="No space left on device"):
-        data.cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
+        cmd_data("fineweb", 1, data_path=str(root), from_dir=str(src))
     assert sorted(p.name for p in dst.iterdir()) == []  # no shard, no .partial, no manifest
 
 
@@ -168,9 +169,9 @@ def test_default_shard_count_is_the_tracks_and_lands_where_runs_look(tmp_path, c
 
     src = make_source(tmp_path / "proxy", 2)
     with pytest.raises(HarnessError, match="asked for 9"):  # short's [data] train_shards
-        data.cmd_data("fineweb", data_path=str(tmp_path / "a"), from_dir=str(src))
+        cmd_data("fineweb", data_path=str(tmp_path / "a"), from_dir=str(src))
     root = tmp_path / "root"
-    assert data.cmd_data("fineweb", data_path=str(root), from_dir=str(src),
+    assert cmd_data("fineweb", data_path=str(root), from_dir=str(src),
                          track=str(FIXTURES / "competition_contract")) == 0  # its train_shards = 1
     assert sorted(p.name for p in (root / "data" / "fineweb10B").glob("*.bin")) == [data.train_shard(1),
                                                                                     data.VAL_SHARD]

@@ -1,0 +1,147 @@
+"""`speedrun cache list | export | import`: the harness's compile cache (harness/compile_cache.py) moved
+between nodes as one xz archive (or its parts), and listed."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from harness.compile_cache import (PART_MAGIC, TRITON_INTERMEDIATES, archive_bytes, build_archive, cache_root,
+                                   count_entries, extract_archive, folder_bytes, list_folders, node_identity,
+                                   parse_size, part_path, split_parts)
+from harness.errors import HarnessError
+from harness.fsio import write_bytes_atomic
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def cmd_cache_list(cache_dir: str | None = None) -> int:
+    root = _root_for_command(cache_dir)
+    identity = node_identity()
+    folders = list_folders(root)
+    print(f"compile cache root: {root}")
+    if not folders:
+        print("(empty: a campaign fills it)")
+        return 0
+    for f in folders:
+        bad = f.mismatches(identity)
+        key = f.key or {}
+        script = Path(str(f.about.get("script", "?"))).name
+        print(f"{f.path.name}  {f.entries} files, {_mib(f.bytes)}  {script!r} nproc={key.get('nproc')}  "
+              f"torch {key.get('torch')}, triton {key.get('triton')}, {key.get('gpu')}  "
+              + ("this node" if not bad else "other environment: " + "; ".join(bad)))
+        parts = _parts_of(f.path)
+        if parts:
+            print("    " + ", ".join(f"{name} {_mib(n)}" for name, n in parts))
+    total = sum(f.bytes for f in folders)
+    print(f"total: {len(folders)} folders, {_mib(total)}")
+    return 0
+
+
+def _parts_of(folder: Path) -> list[tuple[str, int]]:
+    """Bytes per cache (inductor, triton, ...), and the share of Triton's intermediate IR (`export --lean`)."""
+    out = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        out.append((sub.name, folder_bytes(sub)))
+        if sub.name == "triton":
+            ir = sum(p.stat().st_size for p in sub.rglob("*") if p.suffix in TRITON_INTERMEDIATES and p.is_file())
+            out.append(("(of which Triton IR)", ir))
+    return out
+
+
+def _root_for_command(cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser().resolve()
+    return cache_root({**os.environ, "SPEEDRUN_NO_CACHE": ""})
+
+
+def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache_dir: str | None = None,
+                     lean: bool = False) -> int:
+    size = parse_size(part_size) if part_size else None
+    root = _root_for_command(cache_dir)
+    identity = node_identity()
+    folders, skipped = [], []
+    for f in list_folders(root):
+        bad = f.mismatches(identity)
+        if bad:
+            skipped.append(f"{f.path.name} ({'; '.join(bad)})")
+        elif f.entries:
+            folders.append(f)
+    if not folders:
+        raise HarnessError(f"no filled compile cache for this node under {root} (a campaign fills it)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_path = Path(out) if out else Path.cwd() / f"speedrun-compile-cache-{stamp}.tar.xz"
+    archive, n_files, raw = build_archive(folders, identity, lean=lean)
+    if size is None:
+        write_bytes_atomic(out_path, archive)
+        written = [out_path]
+    else:
+        parts = split_parts(archive, size)
+        written = [write_bytes_atomic(part_path(out_path, k + 1), p) for k, p in enumerate(parts)]
+        _remove_stale_parts(out_path, len(parts))
+    for s in skipped:
+        print(f"skipped {s}")
+    print(f"exported {len(folders)} cache folder(s), {n_files} files, {_mib(raw)} -> {_mib(len(archive))} (xz)")
+    for p in written:
+        print(f"  {p}  {_mib(p.stat().st_size)}")
+    return 0
+
+
+def _remove_stale_parts(out_path: Path, n: int) -> None:
+    """Parts beyond n left by an earlier, larger export of the same name would make the next import refuse."""
+    k = n + 1
+    while part_path(out_path, k).is_file():
+        p = part_path(out_path, k)
+        with open(p, "rb") as fh:
+            if fh.read(len(PART_MAGIC)) != PART_MAGIC:
+                break
+        p.unlink()
+        k += 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Import
+
+
+def cmd_cache_import(files: list[str], cache_dir: str | None = None) -> int:
+    root = _root_for_command(cache_dir)
+    identity = node_identity()
+    archive = archive_bytes([Path(f) for f in files])
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".import-{secrets.token_hex(4)}"
+    try:
+        staging.mkdir()
+        entries = extract_archive(archive, staging, identity)
+        for digest, entry in sorted(entries.items()):
+            added = _merge_into(staging / digest, root / digest)
+            script = Path(str((entry.get("about") or {}).get("script", "?"))).name
+            print(f"imported {digest} ({script!r}, nproc={entry['key'].get('nproc')}): {added} new files")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"compile cache root: {root}")
+    return 0
+
+
+def _merge_into(src: Path, dest: Path) -> int:
+    """Move src into dest: the whole folder when dest is new, else only the files dest lacks (kept files win:
+    a cache entry is named by its content's hash, so a file of the same name holds the same thing)."""
+    if not dest.exists():
+        n = count_entries(src)
+        os.replace(src, dest)
+        return n
+    added = 0
+    for path in sorted(src.rglob("*")):
+        if not path.is_file():
+            continue
+        target = dest / path.relative_to(src)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        added += 1
+    return added
