@@ -1,12 +1,8 @@
 """Campaigns: N runs of one or more arms (a track's script, or any script against a track's target),
 one after another on this node, each in its own process group, with everything kept on disk.
 
-Layout (docs/DESIGN.md "Campaigns and results"):
-    <campaign>/campaign.json          what was asked, the arms, the schedule, environment, pins verdict, status
-    <campaign>/runs/<k>/output.txt    the run's full stdout+stderr
-    <campaign>/runs/<k>/logs/*.txt    the script's own log (scripts write logs/<uuid>.txt in their cwd)
-    <campaign>/runs/<k>/run.json      the parsed result: status, reason, final loss and time, val curve, ...
-    <campaign>/record.md, plots/      written by the command (record_md.py), through run_campaign's on_finish
+The campaign folder's layout is results.py's (the one reader and writer of campaign.json and run.json);
+record.md and plots/ are written by the command that runs the campaign, through run_campaign's on_finish.
 
 A run whose process fails, hangs, never reaches its final val_loss line or reports a non-finite loss is
 recorded as failed with its reason and the campaign goes on. Ctrl-C stops the current run's whole process
@@ -68,7 +64,7 @@ class Arm:
     env: dict[str, str] = field(default_factory=dict)
     # where the code came from: {"kind": "track" | "script" | "record-log" | "record-folder", ...} (extract.py)
     code: dict = field(default_factory=dict)
-    pins: dict[str, str] = field(default_factory=dict)  # the environment its record log names (record_env.py)
+    pins: dict[str, str] = field(default_factory=dict)  # the environment its record log names (record_pins.py)
     pin_differences: list[str] = field(default_factory=list)  # this node vs pins, from the pre-flight
     downloads: list[dict] = field(default_factory=list)  # run-time downloads and where they come from (prefetch.py)
 

@@ -45,7 +45,7 @@ class RecordCode:
     source_sha256: str  # the parser's hash of the whole embedded text
     log: Path  # the log the code came from
     log_sha256: str
-    pins: dict[str, str] = field(default_factory=dict)  # the log header's environment (see record_env.log_pins)
+    pins: dict[str, str] = field(default_factory=dict)  # the log header's environment (see record_pins.log_pins)
     origin: Path | None = None  # the record folder it was chosen from, when a folder was given
     note: str = ""  # how it was chosen among a folder's logs
 

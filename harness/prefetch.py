@@ -17,7 +17,7 @@ manifest:
     ROOT/data/prefetch/tiktoken/<sha1 of the file's URL>   (tiktoken's own cache names)
 
 Campaigns then give the runs `HF_HUB_OFFLINE=1`, `HF_HUB_CACHE`, `HF_HOME` and `TIKTOKEN_CACHE_DIR` (see
-record_env.check_arms): `kernels` resolves `version=N` from `refs/vN` in the cache, the unpinned form from
+record_preflight.check_arms): `kernels` resolves `version=N` from `refs/vN` in the cache, the unpinned form from
 `refs/main`, so every run loads the revision the manifest names. A needed item missing from the cache is
 named in the pre-flight. `--from DIR` adopts a folder laid out as the hub cache (and tokenizer files by name
 or content) instead of downloading: the way to test all of this without a hub.

@@ -30,7 +30,7 @@ RUNS_FOLDER = "runs"
 OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
 FINISHED = (OK, FAILED)
 
-# The arms of a comparison (compare.py schedules them A B B A).
+# The arms of a comparison (comparison.balanced_order schedules them A B B A).
 BASELINE, CANDIDATE = "baseline", "candidate"
 
 

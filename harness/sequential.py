@@ -55,7 +55,7 @@ class EffectPrior:
 
 # Loss: the seed records sit 0.9 to 1.7 sigma below the target (means 3.2780-3.2787, sigma 0.0012-0.0014
 # against 3.28), so the prior is centred there. The e-value is valid for any prior; the prior only decides
-# which effects are detected quickly (chosen by `speedrun bench-sequential`, see bench_sequential.py).
+# which effects are detected quickly (chosen by `speedrun bench-sequential`, see commands/bench_sequential.py).
 LOSS_PRIOR = EffectPrior(mean=-1.25, sd=0.25)
 # Paired time differences (candidate - baseline, one pair per A/B block): record gains are 0.3-3 s against a
 # pair spread of 0.05-0.15 s, so effects range from about -2 to -30 sigma: a wide prior.
