@@ -38,7 +38,8 @@ from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_p
 from harness.preflight import check_arms
 from harness.progress import LiveDisplay
 from harness.results import (FAILED, FORMAT_VERSION, INTERRUPTED, OK, finished_runs, is_campaign, load_runs,
-                             log_files, read_campaign_json, run_log_path, run_of, write_campaign, write_run)
+                             log_files, read_campaign_json, run_folder, run_log_path, run_of, write_campaign,
+                             write_run)
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 
 _STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
@@ -528,7 +529,8 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                  on_finish: Callable[[Path], None] | None = None) -> Path:
     """Run `schedule` (arm names, in order) into out_dir, holding the folder's lock throughout. Returns
     out_dir. on_finish(out_dir) is called, still under the lock, once campaign.json says how the campaign
-    ended (complete, stopped early or interrupted): the command writes record.md there. Raises KeyboardInterrupt after a clean stop on Ctrl-C (campaign.json then says 'interrupted'),
+    ended (complete, stopped early or interrupted): the command writes record.md there. Raises
+    KeyboardInterrupt after a clean stop on Ctrl-C (campaign.json then says 'interrupted'),
     and HarnessError when the folder has another owner or the disk fills up (then also 'interrupted')."""
     out_dir = Path(out_dir).resolve()
     by_name = {a.name: a for a in arms}
@@ -604,16 +606,16 @@ def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedu
                 if k in done:
                     display.run_done(k, run_of(completed, k))
                     continue
-                run_dir = out_dir / "runs" / str(k)
-                if run_dir.exists():  # left by an interrupted attempt: keep it aside, never delete it
-                    run_dir.rename(out_dir / "runs" / f"{k}.interrupted-{int(time.time())}")
+                this_run = run_folder(out_dir, k)
+                if this_run.exists():  # left by an interrupted attempt: keep it aside, never delete it
+                    this_run.rename(this_run.with_name(f"{k}.interrupted-{int(time.time())}"))
                 arm = by_name[arm_name]
                 display.run_start(k, arm_name)
-                result = execute_run(arm, run_dir, index=k, seed=seeds[k], campaign_id=campaign["id"],
+                result = execute_run(arm, this_run, index=k, seed=seeds[k], campaign_id=campaign["id"],
                                      on_progress=display.run_progress, telemetry=telemetry)
-                if result["status"] == FAILED and _failed_for_disk_space(run_dir):
+                if result["status"] == FAILED and _failed_for_disk_space(this_run):
                     # the script itself hit the full disk: not the code's failure, so the run is redone
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir))
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(this_run))
                 completed.append(result)
                 display.run_done(k, result)
                 if stop_rule:
@@ -661,8 +663,8 @@ def _failed_for_disk_space(run_dir: Path) -> bool:
 
 def _mark_interrupted_by_disk(out_dir: Path, campaign: dict, k: int | None, arm: Arm | None, seeds) -> bool:
     """campaign.json and the current run's run.json say 'interrupted'; False if even that did not fit."""
-    if k is not None and arm is not None and (out_dir / "runs" / str(k)).is_dir():
-        _write_interrupted(out_dir / "runs" / str(k), arm, k, seeds[k], time.time(), "no space left on device")
+    if k is not None and arm is not None and run_folder(out_dir, k).is_dir():
+        _write_interrupted(run_folder(out_dir, k), arm, k, seeds[k], time.time(), "no space left on device")
     campaign["status"] = INTERRUPTED
     campaign["stop_reason"] = "no space left on device"
     try:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.fingerprint import nvidia_fingerprint
-from harness.fsio import sha256_file, write_bytes_atomic, write_json_atomic
+from harness.fsio import sha256_file, write_json_atomic
 from harness.tracks import REPO_ROOT
 
 KEY_FORMAT = 1

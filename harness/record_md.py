@@ -86,7 +86,7 @@ def _claim_block(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[s
     if not losses:
         return ["No run finished successfully: there is no block to report.\n"]
     lines = [_fence(render_block(losses, times, target))]
-    if campaign.get("until_significant"):  # the loss claim's own anytime-valid line (a comparison adds its time line below)
+    if campaign.get("until_significant"):  # the loss claim's anytime-valid line (a comparison adds its time line)
         lines.append(_sequential_line(losses, target, alpha))
     return lines
 

@@ -136,7 +136,7 @@ def pair_differences(runs: list[dict], key: str = "train_time_s") -> list[float]
 # A run's files
 
 
-def run_dir(campaign_dir: str | Path, index: int) -> Path:
+def run_folder(campaign_dir: str | Path, index: int) -> Path:
     return Path(campaign_dir) / RUNS_FOLDER / str(index)
 
 

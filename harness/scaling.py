@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.logs import parse_log
-from harness.results import load_campaign, load_runs, ok_runs, recorded_log_path, run_dir
+from harness.results import load_campaign, load_runs, ok_runs, recorded_log_path, run_folder
 
 ARM_PREFIX = "gpus"
 _STAGE_RE = re.compile(r"^stage:(\S+) .*?steady_step_ms:([0-9.]+)")
@@ -77,7 +77,7 @@ def stage_step_times(log_text: str) -> dict[str, float]:
 
 
 def _run_stage_times(campaign_dir: Path, run: dict) -> dict[str, float]:
-    path = recorded_log_path(run_dir(campaign_dir, run["index"]), run)
+    path = recorded_log_path(run_folder(campaign_dir, run["index"]), run)
     if path is None:
         return {}
     try:

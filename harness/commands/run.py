@@ -6,7 +6,8 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from harness.campaign import Arm, arm_environment, gpu_indices, make_arm, new_campaign_dir, parse_env_pairs, run_campaign
+from harness.campaign import (Arm, arm_environment, gpu_indices, make_arm, new_campaign_dir, parse_env_pairs,
+                              run_campaign)
 from harness.clocks import locked_clocks
 from harness.commands.campaigns import finish_campaign, with_data_path
 from harness.errors import HarnessError
