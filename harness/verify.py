@@ -37,7 +37,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.logs import MAX_LOG_BYTES, ParsedLog, ProblemKind, looks_like_log, parse_log, parse_log_file
 from harness.record_block import ParsedBlock, format_like, p_value, parse_writeup, printed_ok, std_mean
-from harness.results import RUNS_FOLDER, has_run, is_campaign, read_campaign_json, read_run, recorded_log_path
+from harness.results import (OK, RUNS_FOLDER, claim_arm, has_run, is_campaign, read_campaign_json, read_run,
+                             recorded_log_path)
 from harness.rules import ALPHA as DEFAULT_ALPHA
 MAX_ALPHA = 0.5
 _MS = Decimal("0.001")
@@ -328,6 +329,14 @@ def _set_code_key(e: _Entry) -> None:
         e.code_key = code_key(e.parsed.source, e.parsed.source_sha256)
 
 
+def _campaign_claim_arm(campaign: dict) -> str | None:
+    """The arm a campaign's verdict judges (results.claim_arm); None for arms too malformed to say."""
+    try:
+        return claim_arm(campaign) if isinstance(campaign.get("arms"), dict) and campaign["arms"] else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _campaign_entries(root: Path, campaign: dict) -> list[_Entry]:
     runs_dir = root / RUNS_FOLDER
     run_dirs = [d for d in runs_dir.iterdir() if d.is_dir() and d.name.isdigit()] if runs_dir.is_dir() else []
@@ -345,7 +354,7 @@ def _campaign_entries(root: Path, campaign: dict) -> list[_Entry]:
         arm_info = arms.get(arm) if isinstance(arms.get(arm), dict) else {}
         log_path = recorded_log_path(d, run)
         entry = _Entry(label, log_path, arm, None, status=status, script_sha256=arm_info.get("script_sha256"))
-        if status != "ok":
+        if status != OK:
             entry.excluded = True
             entry.reason = str(run.get("reason") or status)
         if log_path is not None:
@@ -910,8 +919,7 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
     elif claim is not None:
         claim_group, members = "no logs", []
     elif campaign is not None:
-        names = list(campaign.get("arms") or {})
-        main = "candidate" if "candidate" in names else (names[0] if names else None)
+        main = _campaign_claim_arm(campaign)
         g = next((g for g in groups if g.name == f"arm {main}"), groups[0] if groups else None)
         claim_group, members = (g.name, g.members) if g else ("all logs", [])
     else:
