@@ -37,9 +37,9 @@ from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_p
                            signals_held)
 from harness.preflight import check_arms
 from harness.progress import LiveDisplay
-from harness.results import (FAILED, FORMAT_VERSION, INTERRUPTED, OK, finished_runs, is_campaign, load_runs,
-                             log_files, read_campaign_json, run_folder, run_log_path, run_of, write_campaign,
-                             write_run)
+from harness.results import (COMPILE_FIELDS, FAILED, FINISHED_FIELDS, FORMAT_VERSION, INTERRUPTED,
+                             INTERRUPTED_FIELDS, OK, Run, finished_runs, is_campaign, load_runs, log_files,
+                             read_campaign_json, run_folder, run_log_path, run_of, write_campaign, write_run)
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 
 _STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
@@ -305,10 +305,10 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                 reader.join(timeout=5)
                 _stop_telemetry(sampler)
                 # a run cut short after its compile still tells how long the compile took, and from what
-                _write_interrupted(run_dir, arm, index, seed, started, "interrupted (Ctrl-C or SIGTERM)", {
-                    "compile_warmup_s": compile_cache.compile_warmup_s(started, progress.first_step_unix,
-                                                                       progress.first_train_time_ms),
-                    "compile_cache": compile_cache.run_record(env)})
+                _write_interrupted(run_dir, arm, index, seed, started, "interrupted (Ctrl-C or SIGTERM)",
+                                   compile_warmup_s=compile_cache.compile_warmup_s(
+                                       started, progress.first_step_unix, progress.first_train_time_ms),
+                                   compile_record=compile_cache.run_record(env))
             raise
         returncode = _end_run(proc, tag)  # also what a finished leader left behind
         reader.join(timeout=5)
@@ -317,21 +317,21 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
     if progress.write_error:
         _write_interrupted(run_dir, arm, index, seed, started, f"{out_path}: {progress.write_error.strerror}")
         raise progress.write_error
-    result = _result_from_logs(run_dir, arm, index=index, seed=seed, status=status, reason=reason,
-                               returncode=returncode, started=started, ended=ended, progress=progress, env=env)
+    run = _result_from_logs(run_dir, arm, index=index, seed=seed, status=status, reason=reason,
+                            returncode=returncode, started=started, ended=ended, progress=progress, env=env)
     if telemetry:
-        result["telemetry"] = _summarize_telemetry(run_dir, result.get("timed_window_unix"))
-    write_run(run_dir, result)
-    return result
+        run.telemetry = _summarize_telemetry(run_dir, run.timed_window_unix)
+    return write_run(run_dir, run, FINISHED_FIELDS + (("telemetry",) if telemetry else ()))
 
 
 def _write_interrupted(run_dir: Path, arm: Arm, index: int, seed: int, started: float, reason: str,
-                       extra: dict | None = None) -> None:
-    """Best effort: a run without run.json is redone by --resume all the same."""
-    result = {"index": index, "arm": arm.name, "seed": seed, "status": INTERRUPTED, "reason": reason,
-              "started_unix": started, "ended_unix": time.time(), **(extra or {})}
+                       compile_warmup_s: float | None = None, compile_record: dict | None = None) -> None:
+    """Best effort: a run without run.json is redone by --resume all the same. A run stopped after its
+    compile (compile_record given) still tells how long the compile took, and from what cache."""
+    run = Run(index=index, arm=arm.name, seed=seed, status=INTERRUPTED, reason=reason, started_unix=started,
+              ended_unix=time.time(), compile_warmup_s=compile_warmup_s, compile_cache=compile_record)
     try:
-        write_run(run_dir, result)
+        write_run(run_dir, run, INTERRUPTED_FIELDS + (COMPILE_FIELDS if compile_record is not None else ()))
     except OSError:
         pass
 
@@ -383,7 +383,7 @@ def _follow_log(log_files: list[Path], progress: RunProgress) -> None:
 
 
 def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, returncode, started, ended,
-                      progress: RunProgress, env: dict[str, str] | None = None) -> dict:
+                      progress: RunProgress, env: dict[str, str] | None = None) -> Run:
     log_path = run_log_path(run_dir)
     text = log_path.read_text(encoding="utf-8", errors="replace")
     parsed = parse_log(text)
@@ -400,39 +400,39 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
     if progress.first_step_unix:
         window = [progress.first_step_unix, progress.final_step_unix or progress.last_step_unix]
     expected = arm.track.final_step
-    return {
-        "index": index,
-        "arm": arm.name,
-        "seed": seed,
-        "status": status,
-        "reason": reason,
-        "returncode": returncode,
-        "command": launch_command(arm),
-        "nproc": arm.nproc,
-        "started_unix": started,
-        "ended_unix": ended,
-        "wall_s": round(ended - started, 3),
-        "log_file": str(log_path.relative_to(run_dir)),
-        "final_step": parsed.final_step,
-        "total_steps": parsed.total_steps,
-        "expected_final_step": expected,
-        "final_val_loss": parsed.final_val_loss,
-        "train_time_ms": parsed.final_train_time_ms,
-        "train_time_s": (parsed.final_train_time_ms / 1000.0) if parsed.final_train_time_ms is not None else None,
-        "val_curve": [list(p) for p in parsed.val_curve],
-        "peak_memory_allocated_mib": parsed.peak_memory_allocated_mib,
-        "peak_memory_reserved_mib": parsed.peak_memory_reserved_mib,
-        "source_sha256": parsed.source_sha256,
-        "versions": {"python": parsed.python_version, "torch": parsed.torch_version,
-                     "cuda": parsed.cuda_version, "triton": parsed.triton_version},
-        "gpus": parsed.gpus,
-        "timed_window_unix": window,
-        "log_problems": parsed.problems,
+    return Run(
+        index=index,
+        arm=arm.name,
+        seed=seed,
+        status=status,
+        reason=reason,
+        returncode=returncode,
+        command=launch_command(arm),
+        nproc=arm.nproc,
+        started_unix=started,
+        ended_unix=ended,
+        wall_s=round(ended - started, 3),
+        log_file=str(log_path.relative_to(run_dir)),
+        final_step=parsed.final_step,
+        total_steps=parsed.total_steps,
+        expected_final_step=expected,
+        final_val_loss=parsed.final_val_loss,
+        train_time_ms=parsed.final_train_time_ms,
+        train_time_s=(parsed.final_train_time_ms / 1000.0) if parsed.final_train_time_ms is not None else None,
+        val_curve=[list(p) for p in parsed.val_curve],
+        peak_memory_allocated_mib=parsed.peak_memory_allocated_mib,
+        peak_memory_reserved_mib=parsed.peak_memory_reserved_mib,
+        source_sha256=parsed.source_sha256,
+        versions={"python": parsed.python_version, "torch": parsed.torch_version,
+                  "cuda": parsed.cuda_version, "triton": parsed.triton_version},
+        gpus=parsed.gpus,
+        timed_window_unix=window,
+        log_problems=parsed.problems,
         # process start -> start of the timed part (compile and warm-up), and the cache it started from
-        "compile_warmup_s": compile_cache.compile_warmup_s(
+        compile_warmup_s=compile_cache.compile_warmup_s(
             started, progress.first_step_unix, progress.first_train_time_ms),
-        "compile_cache": compile_cache.run_record(env or {}),
-    }
+        compile_cache=compile_cache.run_record(env or {}),
+    )
 
 
 def _failure_line(path: Path) -> str:

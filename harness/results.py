@@ -14,7 +14,7 @@ them (a hand-edited file is shown as it is, never refused by a renderer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +178,57 @@ def read_run_or_empty(run_dir: Path) -> dict:
     return read_json_object(run_dir / RUN_FILE)
 
 
-def write_run(run_dir: Path, run: dict) -> Path:
-    return write_json_atomic(run_dir / RUN_FILE, run)
+@dataclass
+class Run:
+    """runs/<k>/run.json: the one field list, in the order the file holds it. A finished run (ok or failed)
+    holds every field but telemetry, which is there when the run was sampled; an interrupted one holds
+    INTERRUPTED_FIELDS and, when stopped by Ctrl-C, the compile fields."""
+
+    index: int
+    arm: str
+    seed: int | None
+    status: str
+    reason: str | None = None
+    returncode: int | None = None
+    command: list[str] | None = None
+    nproc: int | None = None
+    started_unix: float | None = None
+    ended_unix: float | None = None
+    wall_s: float | None = None
+    log_file: str | None = None  # relative to the run's folder
+    final_step: int | None = None
+    total_steps: int | None = None
+    expected_final_step: int | None = None
+    final_val_loss: float | None = None
+    train_time_ms: float | None = None
+    train_time_s: float | None = None
+    val_curve: list | None = None  # [[step, val_loss], ...]
+    peak_memory_allocated_mib: float | None = None
+    peak_memory_reserved_mib: float | None = None
+    source_sha256: str | None = None
+    versions: dict | None = None  # python, torch, cuda, triton as the log's header names them
+    gpus: list | None = None
+    timed_window_unix: list | None = None  # [first step line, final step line]
+    log_problems: list | None = None
+    compile_warmup_s: float | None = None
+    compile_cache: dict | None = None
+    telemetry: dict | None = None
+
+    def to_json(self, names: tuple[str, ...]) -> dict:
+        return {name: getattr(self, name) for name in RUN_FIELDS if name in names}
+
+
+RUN_FIELDS = tuple(f.name for f in fields(Run))
+FINISHED_FIELDS = tuple(name for name in RUN_FIELDS if name != "telemetry")  # + "telemetry" when sampled
+INTERRUPTED_FIELDS = ("index", "arm", "seed", "status", "reason", "started_unix", "ended_unix")
+COMPILE_FIELDS = ("compile_warmup_s", "compile_cache")
+
+
+def write_run(run_dir: Path, run: Run, names: tuple[str, ...] = RUN_FIELDS) -> dict:
+    """Write run.json with the named fields of run; returns what was written."""
+    data = run.to_json(names)
+    write_json_atomic(run_dir / RUN_FILE, data)
+    return data
 
 
 def load_runs(campaign_dir: str | Path) -> list[dict]:
