@@ -37,7 +37,7 @@ from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_p
                            signals_held)
 from harness.preflight import check_arms
 from harness.progress import LiveDisplay
-from harness.results import (COMPILE_FIELDS, FAILED, FINISHED_FIELDS, FORMAT_VERSION, INTERRUPTED,
+from harness.results import (COMPILE_FIELDS, Campaign, FAILED, FINISHED_FIELDS, FORMAT_VERSION, INTERRUPTED,
                              INTERRUPTED_FIELDS, OK, Run, finished_runs, is_campaign, load_runs, log_files,
                              read_campaign_json, run_folder, run_log_path, run_of, write_campaign, write_run)
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
@@ -553,21 +553,21 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                 raise HarnessError(f"{out_dir} already holds a campaign: use --resume {out_dir} to finish it, "
                                    f"or another --out")
             first = arms[0]
-            campaign = {
-                "format": FORMAT_VERSION,
-                "kind": kind,
-                "id": out_dir.name,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "command": sys.argv,
-                "track": first.track.to_dict(),
-                "arms": {a.name: a.to_dict() for a in arms},
-                "schedule": schedule,
-                "seeds": seeds,
-                "telemetry": telemetry,
-                "environment": environment_record(first),
-                "compile_cache": compile_cache.campaign_record(arms),
-                **(extra or {}),
-            }
+            campaign = Campaign(
+                format=FORMAT_VERSION,
+                kind=kind,
+                id=out_dir.name,
+                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                command=sys.argv,
+                track=first.track.to_dict(),
+                arms={a.name: a.to_dict() for a in arms},
+                schedule=schedule,
+                seeds=seeds,
+                telemetry=telemetry,
+                environment=environment_record(first),
+                compile_cache=compile_cache.campaign_record(arms),
+                **(extra or {}),  # compare, scaling, until_significant
+            ).to_json()
         campaign["status"] = "running"
         campaign.pop("stop_reason", None)
         write_campaign(out_dir, campaign)

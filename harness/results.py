@@ -251,6 +251,41 @@ def run_of(runs: list[dict], index: int) -> dict:
 CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of campaign.json relies on
 
 
+@dataclass
+class Campaign:
+    """campaign.json: the one field list, in the order the file holds it. What was asked comes first; a
+    comparison, a scaling campaign and --until-significant add their own field; the engine then keeps status
+    (and stop_reason, triton_autotune) up to date in the file as the campaign goes. Optional fields that are
+    None are not written."""
+
+    format: int
+    kind: str
+    id: str
+    created: str  # ISO 8601, UTC
+    command: list[str]
+    track: dict  # tracks.Track.to_dict() of the first arm
+    arms: dict  # arm name -> campaign.Arm.to_dict()
+    schedule: list[str]  # arm names, in run order
+    seeds: list[int]  # one per scheduled run
+    telemetry: bool
+    environment: dict  # fingerprint.campaign_env()
+    compile_cache: dict  # compile_cache.campaign_record()
+    compare: dict | None = None  # a comparison's two specs and its order
+    scaling: dict | None = None  # a scaling campaign's GPU counts and rounds
+    until_significant: dict | None = None  # {"max_runs": N[, "kind": stop rule]}
+    status: str | None = None  # running, complete, stopped-early, interrupted
+    stop_reason: str | None = None
+    triton_autotune: dict | None = None  # the configs runs 2..N used (compile_cache.autotune_record)
+
+    def to_json(self) -> dict:
+        optional = ("compare", "scaling", "until_significant", "status", "stop_reason", "triton_autotune")
+        return {name: getattr(self, name) for name in CAMPAIGN_FIELDS
+                if name not in optional or getattr(self, name) is not None}
+
+
+CAMPAIGN_FIELDS = tuple(f.name for f in fields(Campaign))
+
+
 def campaign_path(campaign_dir: str | Path) -> Path:
     return Path(campaign_dir) / CAMPAIGN_FILE
 
