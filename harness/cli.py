@@ -15,6 +15,7 @@ import sys
 
 from harness.errors import HarnessError
 from harness.fsio import is_disk_full
+from harness.rules import ALPHA, DEFAULT_COMPARE_RUNS, DEFAULT_RUNS
 
 
 def _floats(text: str) -> list[float]:
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a campaign: N runs of a track on this node")
     r.add_argument("track", nargs="?", help="track name (tiny, short, ...) or the path of a track folder")
-    r.add_argument("--runs", type=_positive_int, default=None, help="number of runs (default 5)")
+    r.add_argument("--runs", type=_positive_int, default=None, help=f"number of runs (default {DEFAULT_RUNS})")
     r.add_argument("--script", help="run this script instead of the track's frozen one, against the track's target")
     r.add_argument("--nproc", type=_positive_int, help="processes (GPUs) per run; default: the track's nproc")
     r.add_argument("--out", help="campaign folder (default results/<track>/<timestamp>)")
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("path", nargs="?", help="a campaign folder or a folder of competition logs")
     v.add_argument("--each", metavar="FOLDER", help="verify every record folder under FOLDER, one line each")
     v.add_argument("--target", type=float, help="target loss when the folder does not say")
-    v.add_argument("--alpha", type=float, default=None, help="significance level in (0, 0.5] (default 0.01)")
+    v.add_argument("--alpha", type=float, default=None, help=f"significance level in (0, 0.5] (default {ALPHA:g})")
 
     rep = sub.add_parser("report", help="rewrite record.md and plots of a campaign and print its summary")
     rep.add_argument("campaign")
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="baseline vs candidate on this node, interleaved A B B A ...")
     c.add_argument("baseline", help="track name, script path, record log or record folder")
     c.add_argument("candidate", help="track name, script path, record log or record folder")
-    c.add_argument("--runs", type=_positive_int, default=6, help="runs per arm (default 6)")
+    c.add_argument("--runs", type=_positive_int, default=DEFAULT_COMPARE_RUNS,
+                   help=f"runs per arm (default {DEFAULT_COMPARE_RUNS})")
     c.add_argument("--until-significant", action="store_true")
     c.add_argument("--max-runs", type=_positive_int)
     c.add_argument("--nproc", type=_positive_int)
@@ -147,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--sigma", type=float)
     pl.add_argument("--mean", type=float)
     pl.add_argument("--power", type=float, default=0.9)
-    pl.add_argument("--alpha", type=float, default=0.01)
+    pl.add_argument("--alpha", type=float, default=ALPHA)
     pl.add_argument("--from", dest="from_campaign", metavar="CAMPAIGN")
 
     b = sub.add_parser("bench-sequential", help="simulate the sequential test's error rate and runs saved")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.fsio import sha256_file
+from harness.rules import ALPHA
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRACKS_DIR = REPO_ROOT / "tracks"
@@ -133,7 +134,7 @@ def track_from_dict(raw: dict, folder: Path, source: str = "track.toml") -> Trac
     script = folder / need("script", str)
     nproc = need("nproc", int)
     target = need("target", float)
-    alpha = opt("alpha", float, 0.01)
+    alpha = opt("alpha", float, ALPHA)
     timeout_s = opt("timeout_s", float, 3600.0)
     hang_timeout_s = opt("hang_timeout_s", float, 600.0)
     final_step = opt("final_step", int, None)
