@@ -8,15 +8,16 @@ Layout (docs/DESIGN.md "Campaigns and results"):
     <campaign>/record.md, plots/      written by the command that ran the campaign (record_md.py)
 
 What every reader means by the same words is defined here once: a finished run, an ok run, the claim arm,
-a run's log, the kinds of campaign and the arms of a comparison. Readers take plain dicts as the JSON holds
-them (a hand-edited file is shown as it is, never refused by a renderer).
+a run's log, the kinds of campaign and the arms of a comparison. `Run` and `Campaign` are the one field list
+of each file, and the engine writes through them; readers take the files' dicts as the JSON holds them (a
+hand-edited file is shown as it is, never refused by a renderer).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 from harness.errors import HarnessError
 from harness.fsio import read_json, read_json_object, write_json_atomic
@@ -57,8 +58,8 @@ def _most_processes(campaign: dict) -> str:
 @dataclass(frozen=True)
 class Kind:
     name: str
-    claim_arm: Any  # (campaign dict) -> the arm whose numbers are the claim
-    claim_label: Any  # (claim arm) -> how the verdict line names the claim ("" for a plain run)
+    claim_arm: Callable[[dict], str]  # (campaign dict) -> the arm whose numbers are the claim
+    claim_label: Callable[[str], str]  # (claim arm) -> how the verdict line names the claim ("" for a plain run)
     sections: tuple[str, ...]  # record.md's "Timing and Validation" sections, in order (record_md.SECTIONS)
     plots: tuple[str, ...]  # plots/<name>.png (plots.PLOTS)
     stop_rule: str  # the --until-significant rule (stop_rules.RULES)
