@@ -8,10 +8,10 @@ from pathlib import Path
 
 from harness.comparison import comparison_markdown
 from harness.compile_cache import describe_config
+from harness.extract import RECORD_KINDS, describe_code
 from harness.fingerprint import env_markdown
 from harness.fsio import write_text_atomic
 from harness.plots import make_campaign_plots
-from harness.extract import RECORD_KINDS, describe_code
 from harness.record_block import render_block
 from harness.record_pins import LABELS
 from harness.results import (BASELINE, arm_series, claim_arm, failed_runs, kind_of, load_campaign, load_runs,

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.record_md import number_text, cache_state, timing_markdown
+from harness.record_md import cache_state, number_text, timing_markdown
 from harness.results import is_ok, load_campaign, load_runs
 
 
