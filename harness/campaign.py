@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from harness import compile_cache, telemetry
-from harness.fingerprint import campaign_env
 from harness.errors import HarnessError
 from harness.extract import is_record_spec, load_record_code, write_code
+from harness.fingerprint import campaign_env
 from harness.fsio import is_disk_full, release_space, remove_stale_tmp, reserve_space, sha256_file
 from harness.lock import campaign_lock, refuse_if_owned
 from harness.logs import parse_log

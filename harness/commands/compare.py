@@ -14,8 +14,8 @@ from harness.commands.campaigns import finish_campaign, with_data_path
 from harness.comparison import balanced_order
 from harness.errors import HarnessError
 from harness.extract import discard_code
-from harness.record_preflight import prepare_arms
 from harness.record_md import write_record
+from harness.record_preflight import prepare_arms
 from harness.results import BASELINE, CANDIDATE, COMPARE, KINDS
 from harness.rules import DEFAULT_COMPARE_RUNS, DEFAULT_MAX_RUNS
 from harness.stop_rules import make_stop_rule

@@ -12,8 +12,8 @@ from harness.clocks import locked_clocks
 from harness.commands.campaigns import finish_campaign, with_data_path
 from harness.errors import HarnessError
 from harness.fsio import sha256_file
-from harness.record_preflight import prepare_arms
 from harness.record_md import write_record
+from harness.record_preflight import prepare_arms
 from harness.results import KINDS, RUN, load_campaign
 from harness.rules import DEFAULT_MAX_RUNS, DEFAULT_RUNS
 from harness.stop_rules import make_stop_rule

@@ -8,8 +8,8 @@ from harness.campaign import make_arm, new_campaign_dir, run_campaign
 from harness.commands.campaigns import finish_campaign, with_data_path
 from harness.errors import HarnessError
 from harness.preflight import visible_gpu_count
-from harness.record_preflight import prepare_arms
 from harness.record_md import write_record
+from harness.record_preflight import prepare_arms
 from harness.results import SCALING
 from harness.scaling import arm_name, parse_gpu_counts, scaling_schedule
 from harness.tracks import load_track
