@@ -38,7 +38,7 @@ from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_p
 from harness.preflight import check_arms
 from harness.progress import LiveDisplay
 from harness.results import (COMPILE_FIELDS, Campaign, FAILED, FINISHED_FIELDS, FORMAT_VERSION, INTERRUPTED,
-                             INTERRUPTED_FIELDS, OK, Run, finished_runs, is_campaign, load_runs, log_files,
+                             INTERRUPTED_FIELDS, OK, RUN, Run, finished_runs, is_campaign, load_runs, log_files,
                              read_campaign_json, run_folder, run_log_path, run_of, write_campaign, write_run)
 from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 
@@ -524,7 +524,7 @@ def preflight(arms: list[Arm]) -> None:
 
 def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                  stop_rule: Callable[[list[dict]], str | None] | None = None, telemetry: bool = True,
-                 resume: bool = False, kind: str = "run", seeds: list[int] | None = None,
+                 resume: bool = False, kind: str = RUN, seeds: list[int] | None = None,
                  extra: dict | None = None, quiet: bool = False,
                  on_finish: Callable[[Path], None] | None = None) -> Path:
     """Run `schedule` (arm names, in order) into out_dir, holding the folder's lock throughout. Returns

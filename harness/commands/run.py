@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 from harness.fsio import sha256_file
 from harness.record_md import write_record
 from harness.record_preflight import prepare_arms
-from harness.results import KINDS, RUN, load_campaign
+from harness.results import KINDS, RUN, kind_of, load_campaign
 from harness.rules import DEFAULT_MAX_RUNS, DEFAULT_RUNS
 from harness.stop_rules import make_stop_rule
 
@@ -74,7 +74,8 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
         if not (isinstance(seq, dict) and isinstance(seq.get("max_runs"), int) and seq["max_runs"] >= 1):
             raise HarnessError(f"{Path(path) / 'campaign.json'}: 'until_significant' needs a whole 'max_runs'; "
                                f"cannot resume")
-        stop_rule = make_stop_rule(t.target, t.alpha, seq["max_runs"], kind=seq.get("kind", "one-sample"))
+        rule = seq.get("kind", kind_of(campaign).stop_rule)  # compare stores its rule; a plain run does not
+        stop_rule = make_stop_rule(t.target, t.alpha, seq["max_runs"], kind=rule)
     with _clock_lock(lock_clocks, arms[0]):
         campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
                                     telemetry=telemetry and campaign.get("telemetry", True), resume=True,
