@@ -36,7 +36,6 @@ from harness.logs import parse_log
 from harness.procs import (RUN_TAG_VAR, campaign_leftovers, end_processes, run_processes, run_tag,
                            signals_held)
 from harness.preflight import check_arms
-from harness.progress import LiveDisplay
 from harness.results import (COMPILE_FIELDS, Campaign, FAILED, FINISHED_FIELDS, FORMAT_VERSION, INTERRUPTED,
                              INTERRUPTED_FIELDS, OK, RUN, Run, finished_runs, is_campaign, load_runs, log_files,
                              read_campaign_json, run_folder, run_log_path, run_of, write_campaign, write_run)
@@ -525,11 +524,11 @@ def preflight(arms: list[Arm]) -> None:
 def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
                  stop_rule: Callable[[list[dict]], str | None] | None = None, telemetry: bool = True,
                  resume: bool = False, kind: str = RUN, seeds: list[int] | None = None,
-                 extra: dict | None = None, quiet: bool = False,
-                 on_finish: Callable[[Path], None] | None = None) -> Path:
+                 extra: dict | None = None, display=None, on_finish: Callable[[Path], None] | None = None) -> Path:
     """Run `schedule` (arm names, in order) into out_dir, holding the folder's lock throughout. Returns
     out_dir. on_finish(out_dir) is called, still under the lock, once campaign.json says how the campaign
-    ended (complete, stopped early or interrupted): the command writes record.md there. Raises
+    ended (complete, stopped early or interrupted): the command writes record.md there. display (the command's
+    console view, commands/progress.py) is told of every run's start, progress and end. Raises
     KeyboardInterrupt after a clean stop on Ctrl-C (campaign.json then says 'interrupted'),
     and HarnessError when the folder has another owner or the disk fills up (then also 'interrupted')."""
     out_dir = Path(out_dir).resolve()
@@ -574,10 +573,30 @@ def run_campaign(out_dir: str | Path, arms: list[Arm], schedule: list[str], *,
         reserve = reserve_space(out_dir / RESERVE_NAME)
         try:
             _run_schedule(out_dir, campaign, by_name, schedule, seeds, stop_rule=stop_rule, telemetry=telemetry,
-                          quiet=quiet, reserve=reserve, on_finish=on_finish or (lambda d: None))
+                          display=display or QuietDisplay(), reserve=reserve,
+                          on_finish=on_finish or (lambda d: None))
         finally:
             release_space(reserve)
     return out_dir
+
+
+class QuietDisplay:
+    """A campaign's progress, shown nowhere: what run_campaign tells when the command gives no display."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def run_start(self, k: int, arm: str) -> None:
+        pass
+
+    def run_progress(self, progress: RunProgress) -> None:
+        pass
+
+    def run_done(self, k: int, result: dict) -> None:
+        pass
 
 
 def _end_leftovers(out_dir: Path) -> None:
@@ -591,9 +610,8 @@ def _end_leftovers(out_dir: Path) -> None:
 
 
 def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedule: list[str], seeds: list[int],
-                  *, stop_rule, telemetry: bool, quiet: bool, reserve: Path | None, on_finish) -> None:
+                  *, stop_rule, telemetry: bool, display, reserve: Path | None, on_finish) -> None:
     arms = list(by_name.values())
-    display = LiveDisplay(len(schedule), quiet=quiet)
     completed = finished_runs(load_runs(out_dir))
     done = {r["index"] for r in completed}
     stop_reason = stop_rule(completed) if (stop_rule and completed) else None

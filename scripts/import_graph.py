@@ -27,7 +27,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("commands: one module per command; they run the engine and write record.md", ("harness.commands.*",)),
     ("record: record.md and the plots, from a campaign's files", ("harness.record_md", "harness.plots")),
     ("engine: runs campaigns and processes, fetches, extracts, caches; imports no renderer", (
-        "harness.campaign", "harness.progress", "harness.preflight", "harness.record_preflight", "harness.extract",
+        "harness.campaign", "harness.preflight", "harness.record_preflight", "harness.extract",
         "harness.prefetch", "harness.compile_cache", "harness.data", "harness.autotune", "harness.lock",
         "harness.procs", "harness.clocks", "harness.telemetry", "harness.telemetry.sampler",
         "harness.telemetry.bench")),

@@ -23,7 +23,7 @@ FAKE = FIXTURES / "fake_track"
 def campaign(tmp_path, track, n=2, env=None, **kw):
     arm = make_arm(str(FAKE), name="main", env=env or {})
     arm.track = replace(arm.track, **kw) if kw else arm.track
-    out = run_campaign(tmp_path / "c", [arm], ["main"] * n, telemetry=False, quiet=True, on_finish=write_record)
+    out = run_campaign(tmp_path / "c", [arm], ["main"] * n, telemetry=False, on_finish=write_record)
     return out, load_runs(out), json.loads((out / "campaign.json").read_text())
 
 
@@ -92,7 +92,7 @@ def test_script_logging_only_to_its_file_is_not_a_hang(tmp_path, fake_track):
 def test_schedule_with_unknown_arm_is_refused(tmp_path):
     arm = make_arm(str(FAKE), name="main")
     with pytest.raises(HarnessError, match="unknown arms"):
-        run_campaign(tmp_path / "c", [arm], ["main", "other"], telemetry=False, quiet=True)
+        run_campaign(tmp_path / "c", [arm], ["main", "other"], telemetry=False)
 
 
 def test_env_pairs():

@@ -163,7 +163,7 @@ def test_a_folder_whose_key_json_names_another_key_is_refused(root):
 def test_a_run_of_the_tiny_track_under_the_harness_sees_the_variables(root, tmp_path):
     arm = make_arm(str(TINY_WRAPPER), name="main", default_track=load_track("tiny"),
                    env={"SPEEDRUN_NUM_ITERATIONS": "20", "SPEEDRUN_VAL_EVERY": "10"})
-    out = run_campaign(tmp_path / "c", [arm], ["main"], telemetry=False, quiet=True, on_finish=write_record)
+    out = run_campaign(tmp_path / "c", [arm], ["main"], telemetry=False, on_finish=write_record)
     seen = json.loads((out / "runs" / "0" / "cache_env.json").read_text())
     folder = cc.cache_for_arm(arm).dir
     assert cc.run_variables(cc.cache_for_arm(arm)).items() <= seen.items()
@@ -178,7 +178,7 @@ def test_a_run_of_the_tiny_track_under_the_harness_sees_the_variables(root, tmp_
 
 def test_run_one_is_cold_and_runs_two_to_n_are_warm(root, tmp_path):
     arm = probe_arm()
-    out = run_campaign(tmp_path / "c1", [arm], ["main"] * 3, telemetry=False, quiet=True, on_finish=write_record)
+    out = run_campaign(tmp_path / "c1", [arm], ["main"] * 3, telemetry=False, on_finish=write_record)
     runs = load_runs(out)
     assert [r["compile_cache"]["state"] for r in runs] == ["cold", "warm", "warm"]
     assert runs[0]["compile_cache"]["entries_before"] == 0 and runs[0]["compile_cache"]["entries_after"] == 1
@@ -188,7 +188,7 @@ def test_run_one_is_cold_and_runs_two_to_n_are_warm(root, tmp_path):
     assert runs[0]["compile_warmup_s"] >= 0.5
     assert all(r["compile_warmup_s"] is not None and r["compile_warmup_s"] >= 0 for r in runs)
     # A later campaign on the node starts warm.
-    (again,) = load_runs(run_campaign(tmp_path / "c2", [arm], ["main"], telemetry=False, quiet=True, on_finish=write_record))
+    (again,) = load_runs(run_campaign(tmp_path / "c2", [arm], ["main"], telemetry=False, on_finish=write_record))
     assert again["compile_cache"]["state"] == "warm"
 
     camp = json.loads((out / "campaign.json").read_text())

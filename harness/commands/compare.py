@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.campaign import is_code_spec, make_arm, new_campaign_dir, run_campaign
 from harness.commands.campaigns import finish_campaign, with_data_path
+from harness.commands.progress import LiveDisplay
 from harness.comparison import balanced_order
 from harness.errors import HarnessError
 from harness.extract import discard_code
@@ -108,5 +109,6 @@ def cmd_compare(baseline: str, candidate: str, runs: int = DEFAULT_COMPARE_RUNS,
     # Both runs of an A/B pair get the same seed, so seed-to-seed loss variation cancels within a pair.
     seeds = [k // 2 for k in range(len(schedule))]
     campaign_dir = run_campaign(out_dir, [base, cand], schedule, stop_rule=stop_rule, telemetry=telemetry,
-                                kind=COMPARE, seeds=seeds, extra=extra, quiet=quiet, on_finish=write_record)
+                                kind=COMPARE, seeds=seeds, extra=extra, display=LiveDisplay(len(schedule), quiet=quiet),
+                                on_finish=write_record)
     return finish_campaign(campaign_dir)

@@ -10,6 +10,7 @@ from harness.campaign import (Arm, arm_environment, gpu_indices, make_arm, new_c
                               run_campaign)
 from harness.clocks import locked_clocks
 from harness.commands.campaigns import finish_campaign, with_data_path
+from harness.commands.progress import LiveDisplay
 from harness.errors import HarnessError
 from harness.fsio import sha256_file
 from harness.record_md import write_record
@@ -53,7 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     seeds = [args.seed_base + k for k in range(n)]
     with _clock_lock(args.lock_clocks, arm):
         campaign_dir = run_campaign(out, [arm], schedule, stop_rule=stop_rule, telemetry=not args.no_telemetry,
-                                    seeds=seeds, extra=extra, quiet=args.quiet, on_finish=write_record)
+                                    seeds=seeds, extra=extra, display=LiveDisplay(len(schedule), quiet=args.quiet),
+                                    on_finish=write_record)
     return finish_campaign(campaign_dir)
 
 
@@ -79,7 +81,8 @@ def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock
     with _clock_lock(lock_clocks, arms[0]):
         campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
                                     telemetry=telemetry and campaign.get("telemetry", True), resume=True,
-                                    seeds=campaign.get("seeds"), quiet=quiet, on_finish=write_record)
+                                    seeds=campaign.get("seeds"),
+                                    display=LiveDisplay(len(campaign["schedule"]), quiet=quiet), on_finish=write_record)
     return finish_campaign(campaign_dir)
 
 

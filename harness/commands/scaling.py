@@ -6,6 +6,7 @@ from pathlib import Path
 
 from harness.campaign import make_arm, new_campaign_dir, run_campaign
 from harness.commands.campaigns import finish_campaign, with_data_path
+from harness.commands.progress import LiveDisplay
 from harness.errors import HarnessError
 from harness.preflight import visible_gpu_count
 from harness.record_md import write_record
@@ -34,6 +35,6 @@ def cmd_scaling(track: str, gpus: str, runs: int, out: str | None = None, env: d
                      code_dir=Path(out_dir) / "code" / "record", add_files=add_files) for k in counts]
     prepare_arms(arms, add_files=add_files, run_anyway=run_anyway)
     campaign_dir = run_campaign(out_dir, arms, schedule, telemetry=telemetry, kind=SCALING, seeds=seeds,
-                                extra={"scaling": {"gpus": counts, "runs": runs}}, quiet=quiet,
-                                on_finish=write_record)
+                                extra={"scaling": {"gpus": counts, "runs": runs}},
+                                display=LiveDisplay(len(schedule), quiet=quiet), on_finish=write_record)
     return finish_campaign(campaign_dir)  # prints the blocks and the scaling tables (record.md's timing section)

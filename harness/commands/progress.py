@@ -1,5 +1,6 @@
 """The live progress of a campaign on the console (stderr): run i of N, step k of M, last val loss, elapsed
-and ETA; a line per finished run. Run names and reasons come from files and runs: never rendered as markup."""
+and ETA; a line per finished run. The command that runs a campaign gives it to run_campaign as its display.
+Run names and reasons come from files and runs: never rendered as markup."""
 
 from __future__ import annotations
 
