@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "(e.g. 15M) each")
             cp.add_argument("--lean", action="store_true", help="leave out Triton's intermediate IR files "
                                                                 "(a cache hit loads the binary and its metadata)")
+            cp.add_argument("--only", action="append", metavar="KEY",
+                            help="export only the folder of this key (as `cache list` prints it, or a prefix of "
+                                 "it); repeatable")
         if name == "import":
             cp.add_argument("files", nargs="+", metavar="FILE", help="the archive, or every part of a split export")
 
@@ -219,7 +222,8 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.cache_command == "list":
             return cmd_cache_list(args.cache_dir)
         if args.cache_command == "export":
-            return cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir, lean=args.lean)
+            return cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir, lean=args.lean,
+                                    only=args.only)
         return cmd_cache_import(args.files, cache_dir=args.cache_dir)
     if args.command == "run":
         from harness.commands.run import cmd_run

@@ -533,6 +533,32 @@ def test_export_skips_folders_of_other_environments_and_list_names_them(root, tm
     assert "no filled compile cache" in _one_error_line(run_cli("cache", "export", env=empty))
 
 
+def test_export_only_takes_the_folders_of_the_keys_given(root, tmp_path):
+    """One archive per script: `--only KEY` (a prefix of the name `cache list` prints) exports that folder alone;
+    a key that names no folder is one error line and writes no archive."""
+    mine = filled_cache(root)
+    second = cc.CompileCache(root=root, key={**cc.cache_for_arm(probe_arm()).key, "code_sha256": "1" * 64},
+                             about={"script": "other.py"})
+    cc.prepare(second)
+    (second.dir / "inductor").mkdir()
+    (second.dir / "inductor" / "graph").write_bytes(b"other graph")
+    env = {"SPEEDRUN_CACHE_DIR": str(root)}
+    archive = tmp_path / "one.tar.xz"
+    r = run_cli("cache", "export", "--only", second.digest[:8], "--out", archive, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "exported 1 cache folder(s), 2 files" in r.stdout  # its key.json and the graph
+    fresh = tmp_path / "fresh"
+    assert run_cli("cache", "import", archive, env={"SPEEDRUN_CACHE_DIR": str(fresh)}).returncode == 0
+    assert sorted(p.name for p in fresh.iterdir()) == [second.digest]
+    assert (fresh / second.digest / "inductor" / "graph").read_bytes() == b"other graph"
+    both = run_cli("cache", "export", "--only", mine.name, "--only", second.digest, "--out", tmp_path / "b.tar.xz",
+                   env=env)
+    assert both.returncode == 0 and "exported 2 cache folder(s)" in both.stdout
+    missing = tmp_path / "none.tar.xz"
+    line = _one_error_line(run_cli("cache", "export", "--only", "ffffffff", "--out", missing, env=env))
+    assert "--only ffffffff" in line and not missing.exists()
+
+
 @pytest.mark.parametrize("text,value", [("15M", 15 * 2**20), ("15MiB", 15 * 2**20), ("500k", 500 * 1024),
                                         ("1G", 2**30), ("65536", 65536)])
 def test_part_sizes(text, value):

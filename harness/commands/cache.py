@@ -61,19 +61,27 @@ def _root_for_command(cache_dir: str | None) -> Path:
 
 
 def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache_dir: str | None = None,
-                     lean: bool = False) -> int:
+                     lean: bool = False, only: list[str] | None = None) -> int:
     size = parse_size(part_size) if part_size else None
     root = _root_for_command(cache_dir)
     identity = node_identity()
+    found = list_folders(root)
+    if only:  # one archive per script: pick folders by key (a prefix of the name `cache list` prints)
+        for key in only:
+            if not any(f.path.name.startswith(key) for f in found):
+                raise HarnessError(f"--only {key}: no cache folder under {root} has that key "
+                                   f"(`speedrun cache list` names them)")
+        found = [f for f in found if any(f.path.name.startswith(key) for key in only)]
     folders, skipped = [], []
-    for f in list_folders(root):
+    for f in found:
         bad = f.mismatches(identity)
         if bad:
             skipped.append(f"{f.path.name} ({'; '.join(bad)})")
         elif f.entries:
             folders.append(f)
     if not folders:
-        raise HarnessError(f"no filled compile cache for this node under {root} (a campaign fills it)")
+        raise HarnessError(f"no filled compile cache for this node under {root}"
+                           f"{' with the keys given' if only else ''} (a campaign fills it)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_path = Path(out) if out else Path.cwd() / f"speedrun-compile-cache-{stamp}.tar.xz"
     archive, n_files, raw = build_archive(folders, identity, lean=lean)
