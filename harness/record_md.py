@@ -51,7 +51,7 @@ def record_markdown(campaign_dir: str | Path) -> str:
     lines += ["## Runs", "", _runs_table_md(runs), ""]
     if any(isinstance(a, dict) and a.get("code") for a in campaign["arms"].values()):
         lines += [arms_markdown(campaign), ""]  # where each arm's code came from, its pins and downloads
-    cache_md = _compile_cache_md(campaign)
+    cache_md = _compile_cache_md(campaign, runs)
     if cache_md:
         lines += ["## Compile cache", "", cache_md, ""]
     if campaign.get("environment"):
@@ -146,8 +146,23 @@ def _runs_table_md(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _compile_cache_md(campaign: dict) -> str:
-    """Each arm's compile cache folder, and the Triton autotune configs its runs share (campaign.json)."""
+def _grown_warm_runs(runs: list[dict], arm: str) -> list[str]:
+    """`run 3 (+256 files)` for each warm run of the arm that added files to its cache folder: a warm start that
+    still compiled something (a kernel whose cache entry misses every run keeps the start slow)."""
+    out = []
+    for r in runs:
+        cache = r.get("compile_cache")
+        if r.get("arm") != arm or not isinstance(cache, dict) or cache.get("state") != "warm":
+            continue
+        before, after = cache.get("entries_before"), cache.get("entries_after")
+        if isinstance(before, int) and isinstance(after, int) and after > before:
+            out.append(f"run {r.get('index')} (+{after - before} files)")
+    return out
+
+
+def _compile_cache_md(campaign: dict, runs: list[dict]) -> str:
+    """Each arm's compile cache folder, the warm runs that still added to it (run.json), and the Triton autotune
+    configs its runs share (campaign.json)."""
     arms = campaign.get("compile_cache")
     if not isinstance(arms, dict) or not arms:
         return ""
@@ -157,6 +172,9 @@ def _compile_cache_md(campaign: dict) -> str:
             continue
         lines.append(f"- {arm}: " + (f"`{rec.get('dir')}` (key {rec.get('digest')})" if rec.get("enabled")
                                       else "off (--no-cache)"))
+        grown = _grown_warm_runs(runs, arm)
+        if grown:
+            lines.append(f"  - warm runs that still added files to it (compiled again): {', '.join(grown)}")
     tuned = [(arm, kernel, e) for arm, kernels in (campaign.get("triton_autotune") or {}).items()
              if isinstance(kernels, dict) for kernel, entries in kernels.items() for e in entries]
     if tuned:

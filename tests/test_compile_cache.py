@@ -4,6 +4,7 @@ results read from Triton 3.6's on-disk files, and export/import with every refus
 import hashlib
 import io
 import json
+import shutil
 import os
 import random
 import signal
@@ -569,3 +570,21 @@ def test_bad_part_size_is_one_error_line(root, tmp_path):
     filled_cache(root)
     r = run_cli("cache", "export", "--part-size", "fifteen", env={"SPEEDRUN_CACHE_DIR": str(root)})
     assert "--part-size" in _one_error_line(r)
+
+
+def test_record_md_names_the_warm_runs_that_still_compiled(tmp_path):
+    """From the H200 campaigns: a warm reference run added 256 files to its cache (kernels that miss every run);
+    the line names it, and neither a cold run (which fills the cache) nor a warm run that added nothing does."""
+    from harness.record_md import record_markdown
+    results = Path(__file__).resolve().parent.parent / "results" / "short"
+    warm = record_markdown(results / "2026-12-01-h200-ref-warm-import")
+    assert "warm runs that still added files to it (compiled again): run 0 (+256 files)" in warm
+    cold = record_markdown(results / "2026-12-01-h200-ref-cold")
+    assert "cold" in cold and "still added files" not in cold
+    copy = tmp_path / "c"
+    shutil.copytree(results / "2026-12-01-h200-ref-warm-import", copy)
+    run_json = copy / "runs" / "0" / "run.json"
+    run = json.loads(run_json.read_text())
+    run["compile_cache"]["entries_after"] = run["compile_cache"]["entries_before"]
+    run_json.write_text(json.dumps(run))
+    assert "still added files" not in record_markdown(copy)
