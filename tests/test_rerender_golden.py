@@ -16,6 +16,8 @@ renew one after a deliberate change to the console, from the repository root:
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,19 @@ def test_report_rerenders_record_md_and_console_unchanged(committed, tmp_path, c
     assert console.is_file(), f"no {console.relative_to(REPO)}: write it as this module's docstring says"
     # as printed for the committed folder itself (`speedrun report results/<track>/<id>` from the repo root)
     assert out.replace(str(copy), str(committed.relative_to(REPO))) == console.read_text(encoding="utf-8")
+
+
+def test_a_piped_summary_keeps_every_column_whole(tmp_path):
+    """Into a file or a CI log (no terminal, no COLUMNS), the runs table is at least 120 columns wide: at rich's
+    default 80 the H200 log showed "compi…" and "baseli…" in place of the column and arm names."""
+    import os
+    committed = REPO / "results" / "short" / "2026-12-01-h200-ref-from-log-vs-short"
+    copy = tmp_path / committed.name
+    shutil.copytree(committed, copy)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    r = subprocess.run([sys.executable, "-m", "harness", "report", str(copy)], capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if "run" in line and "arm" in line)
+    assert "train time (s)" in header and "compile (s)" in header and "…" not in r.stdout.split("## Timing")[0]
+    assert any("│ baseline " in line for line in r.stdout.splitlines())

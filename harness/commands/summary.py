@@ -14,7 +14,10 @@ from harness.results import is_ok, load_campaign, load_runs
 
 def print_summary(campaign_dir: str | Path, console=None) -> None:
     """The end-of-campaign table and the block, on the console."""
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 120)  # piped into a file or CI log: no column cut to "compi…"
     d = Path(campaign_dir)
     campaign = load_campaign(d)
     runs = load_runs(d)
