@@ -595,7 +595,7 @@ class QuietDisplay:
     def run_progress(self, progress: RunProgress) -> None:
         pass
 
-    def run_done(self, k: int, result: dict) -> None:
+    def run_done(self, k: int, result: Run) -> None:
         pass
 
 
@@ -613,7 +613,7 @@ def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedu
                   *, stop_rule, telemetry: bool, display, reserve: Path | None, on_finish) -> None:
     arms = list(by_name.values())
     completed = finished_runs(load_runs(out_dir))
-    done = {r["index"] for r in completed}
+    done = {r.index for r in completed}
     stop_reason = stop_rule(completed) if (stop_rule and completed) else None
     k, arm = None, None
     try:
@@ -631,7 +631,7 @@ def _run_schedule(out_dir: Path, campaign: dict, by_name: dict[str, Arm], schedu
                 display.run_start(k, arm_name)
                 result = execute_run(arm, this_run, index=k, seed=seeds[k], campaign_id=campaign["id"],
                                      on_progress=display.run_progress, telemetry=telemetry)
-                if result["status"] == FAILED and _failed_for_disk_space(this_run):
+                if result.status == FAILED and _failed_for_disk_space(this_run):
                     # the script itself hit the full disk: not the code's failure, so the run is redone
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(this_run))
                 completed.append(result)

@@ -9,15 +9,23 @@ Layout (docs/DESIGN.md "Campaigns and results"):
 
 What every reader means by the same words is defined here once: a finished run, an ok run, the claim arm,
 a run's log, the kinds of campaign and the arms of a comparison. `Run` and `Campaign` are the one field list
-of each file, and the engine writes through them; readers take the files' dicts as the JSON holds them (a
-hand-edited file is shown as it is, never refused by a renderer).
+of each file: the engine writes through them and every reader gets them back (load_runs, load_campaign, ...).
+
+Reading a file into its type follows one rule, so that a hand-edited file is shown as it is and never refused by
+a renderer:
+- a field the file holds keeps its value exactly as the JSON holds it: nothing is converted or checked (a
+  "final_val_loss": "3.27" stays a string; renderers show what is not a number as it is, statistics take
+  float() of it as they always did);
+- a field the file does not hold reads as None, like null (every field's default; None means "not recorded");
+- a key that is not a field is kept in `extra` (name -> value), so nothing the file holds is lost.
+Nested objects (a campaign's track, arms, environment; a run's telemetry) stay the dicts the JSON holds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from harness.errors import HarnessError
 from harness.fsio import read_json, read_json_object, write_json_atomic
@@ -41,24 +49,24 @@ BASELINE, CANDIDATE = "baseline", "candidate"
 # which sit above this module.
 
 
-def _first_arm(campaign: dict) -> str:
-    return list(campaign["arms"])[0]
+def _first_arm(campaign: Campaign) -> str:
+    return list(campaign.arms)[0]
 
 
-def _candidate(campaign: dict) -> str:
+def _candidate(campaign: Campaign) -> str:
     return CANDIDATE
 
 
-def _most_processes(campaign: dict) -> str:
+def _most_processes(campaign: Campaign) -> str:
     """The largest GPU count: the configuration a record would run."""
-    arms = campaign["arms"]
+    arms = campaign.arms
     return max(arms, key=lambda a: int(arms[a]["nproc"]))
 
 
 @dataclass(frozen=True)
 class Kind:
     name: str
-    claim_arm: Callable[[dict], str]  # (campaign dict) -> the arm whose numbers are the claim
+    claim_arm: Callable[[Campaign], str]  # (campaign) -> the arm whose numbers are the claim
     claim_label: Callable[[str], str]  # (claim arm) -> how the verdict line names the claim ("" for a plain run)
     sections: tuple[str, ...]  # record.md's "Timing and Validation" sections, in order (record_md.SECTIONS)
     plots: tuple[str, ...]  # plots/<name>.png (plots.PLOTS)
@@ -75,12 +83,13 @@ KINDS = {
 }
 
 
-def kind_of(campaign: dict) -> Kind:
+def kind_of(campaign: Campaign) -> Kind:
     """The campaign's kind; a kind this harness does not know is treated as a plain run."""
-    return KINDS.get(campaign.get("kind"), KINDS[RUN])
+    kind = campaign.kind
+    return KINDS.get(kind, KINDS[RUN]) if isinstance(kind, str) else KINDS[RUN]
 
 
-def claim_arm(campaign: dict) -> str:
+def claim_arm(campaign: Campaign) -> str:
     """The arm whose numbers are the claim: the candidate in a comparison, the largest GPU count in a scaling
     campaign (the configuration a record would run), the only arm otherwise."""
     return kind_of(campaign).claim_arm(campaign)
@@ -90,44 +99,44 @@ def claim_arm(campaign: dict) -> str:
 # Runs
 
 
-def is_ok(run: dict, arm: str | None = None) -> bool:
-    return run.get("status") == OK and (arm is None or run.get("arm") == arm)
+def is_ok(run: Run, arm: str | None = None) -> bool:
+    return run.status == OK and (arm is None or run.arm == arm)
 
 
-def ok_runs(runs: list[dict], arm: str | None = None) -> list[dict]:
+def ok_runs(runs: list[Run], arm: str | None = None) -> list[Run]:
     """The runs that count: finished with a final loss and time (of one arm, if named)."""
     return [r for r in runs if is_ok(r, arm)]
 
 
-def failed_runs(runs: list[dict], arm: str | None = None) -> list[dict]:
-    return [r for r in runs if r.get("status") == FAILED and (arm is None or r.get("arm") == arm)]
+def failed_runs(runs: list[Run], arm: str | None = None) -> list[Run]:
+    return [r for r in runs if r.status == FAILED and (arm is None or r.arm == arm)]
 
 
-def finished_runs(runs: list[dict]) -> list[dict]:
+def finished_runs(runs: list[Run]) -> list[Run]:
     """The runs --resume keeps (ok or failed); the others are redone."""
-    return [r for r in runs if r.get("status") in FINISHED]
+    return [r for r in runs if r.status in FINISHED]
 
 
-def arm_series(runs: list[dict], arm: str | None = None) -> tuple[list[float], list[float]]:
+def arm_series(runs: list[Run], arm: str | None = None) -> tuple[list[float], list[float]]:
     """(final losses, train times) of the ok runs: the numbers of a record block."""
     good = ok_runs(runs, arm)
-    return [r["final_val_loss"] for r in good], [r["train_time_s"] for r in good]
+    return [r.final_val_loss for r in good], [r.train_time_s for r in good]
 
 
-def arm_values(runs: list[dict], arm: str, key: str) -> list[float]:
-    """One number of every ok run of an arm that has it, as floats."""
-    return [float(r[key]) for r in ok_runs(runs, arm) if r.get(key) is not None]
+def arm_values(runs: list[Run], arm: str, key: str) -> list[float]:
+    """One number (the field named key) of every ok run of an arm that has it, as floats."""
+    return [float(getattr(r, key)) for r in ok_runs(runs, arm) if getattr(r, key) is not None]
 
 
-def pair_differences(runs: list[dict], key: str = "train_time_s") -> list[float]:
+def pair_differences(runs: list[Run], key: str = "train_time_s") -> list[float]:
     """candidate - baseline for every complete A/B pair of a comparison's schedule (runs 2j and 2j+1)."""
-    by_index = {r["index"]: r for r in runs}
+    by_index = {r.index: r for r in runs}
     out = []
     for j in range(0, (max(by_index) + 1) if by_index else 0, 2):
         pair = [by_index.get(j), by_index.get(j + 1)]
-        if any(r is None or not is_ok(r) or r.get(key) is None for r in pair):
+        if any(r is None or not is_ok(r) or getattr(r, key) is None for r in pair):
             continue
-        arms = {r["arm"]: float(r[key]) for r in pair}
+        arms = {r.arm: float(getattr(r, key)) for r in pair}
         if set(arms) == {BASELINE, CANDIDATE}:
             out.append(arms[CANDIDATE] - arms[BASELINE])
     return out
@@ -152,10 +161,10 @@ def run_log_path(run_dir: Path) -> Path:
     return files[-1] if files else run_dir / "output.txt"
 
 
-def recorded_log_path(run_dir: Path, run: dict) -> Path | None:
+def recorded_log_path(run_dir: Path, run: Run) -> Path | None:
     """A finished run's log: the one its run.json names (log_file, relative to the run's folder), else what
     run_log_path finds; None when neither is there."""
-    named = run.get("log_file")
+    named = run.log_file
     if isinstance(named, str) and (run_dir / named).is_file():
         return run_dir / named
     found = run_log_path(run_dir)
@@ -166,21 +175,44 @@ def has_run(run_dir: Path) -> bool:
     return (run_dir / RUN_FILE).is_file()
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path) -> Run:
     """One run.json, which must hold an object."""
     run = read_json(run_dir / RUN_FILE)
     if not isinstance(run, dict):
         raise HarnessError(f"{run_dir / RUN_FILE}: not a JSON object")
-    return run
+    return Run.from_json(run)
 
 
-def read_run_or_empty(run_dir: Path) -> dict:
-    """One run.json, or {} when it is missing or malformed: for readers that show what they can (plots)."""
-    return read_json_object(run_dir / RUN_FILE)
+def read_run_or_empty(run_dir: Path) -> Run:
+    """One run.json, or a Run of all None when it is missing or malformed: for readers that show what they
+    can (plots)."""
+    return Run.from_json(read_json_object(run_dir / RUN_FILE))
+
+
+def _from_json(cls, data: dict, names: tuple[str, ...]):
+    """The module docstring's rule: fields as the file holds them, None where it holds none, the rest in extra."""
+    record = cls(**{name: data.get(name) for name in names})
+    record.extra = {k: v for k, v in data.items() if k not in names}
+    return record
+
+
+class _DictReads:
+    """TRANSITIONAL (issue 18): dict-style reads for the readers not yet converted to attributes."""
+
+    def get(self, key, default=None):
+        value = getattr(self, key, None) if key != "extra" else None
+        return value if value is not None else self.extra.get(key, default)
+
+    def __getitem__(self, key):
+        if key in self.extra:
+            return self.extra[key]
+        if key == "extra" or not hasattr(self, key):
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 @dataclass
-class Run:
+class Run(_DictReads):
     """runs/<k>/run.json: the one field list, in the order the file holds it. A finished run (ok or failed)
     holds every field but telemetry, which is there when the run was sampled; an interrupted one holds
     INTERRUPTED_FIELDS and, when stopped by Ctrl-C, the compile fields."""
@@ -214,36 +246,42 @@ class Run:
     compile_warmup_s: float | None = None
     compile_cache: dict | None = None
     telemetry: dict | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # read keys that are no field; never written
+
+    @classmethod
+    def from_json(cls, data: dict) -> Run:
+        return _from_json(cls, data, RUN_FIELDS)
 
     def to_json(self, names: tuple[str, ...]) -> dict:
         return {name: getattr(self, name) for name in RUN_FIELDS if name in names}
 
 
-RUN_FIELDS = tuple(f.name for f in fields(Run))
+RUN_FIELDS = tuple(f.name for f in fields(Run) if f.name != "extra")
 FINISHED_FIELDS = tuple(name for name in RUN_FIELDS if name != "telemetry")  # + "telemetry" when sampled
 INTERRUPTED_FIELDS = ("index", "arm", "seed", "status", "reason", "started_unix", "ended_unix")
 COMPILE_FIELDS = ("compile_warmup_s", "compile_cache")
 
 
-def write_run(run_dir: Path, run: Run, names: tuple[str, ...] = RUN_FIELDS) -> dict:
-    """Write run.json with the named fields of run; returns what was written."""
+def write_run(run_dir: Path, run: Run, names: tuple[str, ...] = RUN_FIELDS) -> Run:
+    """Write run.json with the named fields of run; returns the run as a reader gets it back (the fields not
+    written read as None)."""
     data = run.to_json(names)
     write_json_atomic(run_dir / RUN_FILE, data)
-    return data
+    return Run.from_json(data)
 
 
-def load_runs(campaign_dir: str | Path) -> list[dict]:
+def load_runs(campaign_dir: str | Path) -> list[Run]:
     """run.json of every run in schedule order (runs not started yet are absent)."""
     runs_dir = Path(campaign_dir) / RUNS_FOLDER
     out = []
     for d in sorted(runs_dir.glob("*"), key=lambda p: (len(p.name), p.name)):
         if d.is_dir() and d.name.isdigit() and (d / RUN_FILE).exists():
-            out.append(read_json(d / RUN_FILE))
+            out.append(Run.from_json(read_json(d / RUN_FILE)))
     return out
 
 
-def run_of(runs: list[dict], index: int) -> dict:
-    return next(r for r in runs if r["index"] == index)
+def run_of(runs: list[Run], index: int) -> Run:
+    return next(r for r in runs if r.index == index)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,7 +291,7 @@ CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of camp
 
 
 @dataclass
-class Campaign:
+class Campaign(_DictReads):
     """campaign.json: the one field list, in the order the file holds it. What was asked comes first; a
     comparison, a scaling campaign and --until-significant add their own field; the engine then keeps status
     (and stop_reason, triton_autotune) up to date in the file as the campaign goes. Optional fields that are
@@ -277,6 +315,11 @@ class Campaign:
     status: str | None = None  # running, complete, stopped-early, interrupted
     stop_reason: str | None = None
     triton_autotune: dict | None = None  # the configs runs 2..N used (compile_cache.autotune_record)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # read keys that are no field; never written
+
+    @classmethod
+    def from_json(cls, data: dict) -> Campaign:
+        return _from_json(cls, data, CAMPAIGN_FIELDS)
 
     def to_json(self) -> dict:
         optional = ("compare", "scaling", "until_significant", "status", "stop_reason", "triton_autotune")
@@ -284,7 +327,7 @@ class Campaign:
                 if name not in optional or getattr(self, name) is not None}
 
 
-CAMPAIGN_FIELDS = tuple(f.name for f in fields(Campaign))
+CAMPAIGN_FIELDS = tuple(f.name for f in fields(Campaign) if f.name != "extra")
 
 
 def campaign_path(campaign_dir: str | Path) -> Path:
@@ -295,7 +338,7 @@ def is_campaign(folder: str | Path) -> bool:
     return campaign_path(folder).exists()
 
 
-def load_campaign(campaign_dir: str | Path) -> dict:
+def load_campaign(campaign_dir: str | Path) -> Campaign:
     d = Path(campaign_dir)
     if not d.is_dir():
         raise HarnessError(f"{d}: no such campaign folder")
@@ -307,17 +350,26 @@ def load_campaign(campaign_dir: str | Path) -> dict:
     missing = [k for k in CAMPAIGN_KEYS if k not in campaign]
     if missing:
         raise HarnessError(f"{campaign_path(d)}: missing {', '.join(map(repr, missing))} (not written by speedrun?)")
-    return campaign
+    return Campaign.from_json(campaign)
 
 
-def read_campaign_or_empty(campaign_dir: str | Path) -> dict:
-    """campaign.json, or {} when it is missing or malformed: for readers that show what they can (plots)."""
-    return read_json_object(campaign_path(campaign_dir))
+def read_campaign_or_empty(campaign_dir: str | Path) -> Campaign:
+    """campaign.json, or a Campaign of all None when it is missing or malformed: for readers that show what they
+    can (plots)."""
+    return Campaign.from_json(read_json_object(campaign_path(campaign_dir)))
 
 
 def read_campaign_json(campaign_dir: str | Path) -> dict:
     """campaign.json as it is, unchecked (a resume re-reads its own file under the lock)."""
     return read_json(campaign_path(campaign_dir))
+
+
+def read_campaign_object(campaign_dir: str | Path) -> Campaign:
+    """campaign.json, which must hold an object, with no key required (verify judges what is there)."""
+    campaign = read_campaign_json(campaign_dir)
+    if not isinstance(campaign, dict):
+        raise HarnessError(f"{campaign_path(campaign_dir)}: not a JSON object")
+    return Campaign.from_json(campaign)
 
 
 def write_campaign(campaign_dir: str | Path, campaign: dict) -> Path:

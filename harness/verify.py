@@ -37,8 +37,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.logs import MAX_LOG_BYTES, ParsedLog, ProblemKind, looks_like_log, parse_log, parse_log_file
 from harness.record_block import ParsedBlock, format_like, p_value, parse_writeup, printed_ok, std_mean
-from harness.results import (OK, RUNS_FOLDER, claim_arm, has_run, is_campaign, read_campaign_json, read_run,
-                             recorded_log_path)
+from harness.results import (OK, RUNS_FOLDER, Campaign, claim_arm, has_run, is_campaign, read_campaign_object,
+                             read_run, recorded_log_path)
 from harness.rules import ALPHA as DEFAULT_ALPHA
 MAX_ALPHA = 0.5
 _MS = Decimal("0.001")
@@ -329,18 +329,18 @@ def _set_code_key(e: _Entry) -> None:
         e.code_key = code_key(e.parsed.source, e.parsed.source_sha256)
 
 
-def _campaign_claim_arm(campaign: dict) -> str | None:
+def _campaign_claim_arm(campaign: Campaign) -> str | None:
     """The arm a campaign's verdict judges (results.claim_arm); None for arms too malformed to say."""
     try:
-        return claim_arm(campaign) if isinstance(campaign.get("arms"), dict) and campaign["arms"] else None
+        return claim_arm(campaign) if isinstance(campaign.arms, dict) and campaign.arms else None
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _campaign_entries(root: Path, campaign: dict) -> list[_Entry]:
+def _campaign_entries(root: Path, campaign: Campaign) -> list[_Entry]:
     runs_dir = root / RUNS_FOLDER
     run_dirs = [d for d in runs_dir.iterdir() if d.is_dir() and d.name.isdigit()] if runs_dir.is_dir() else []
-    arms = campaign.get("arms") if isinstance(campaign.get("arms"), dict) else {}
+    arms = campaign.arms if isinstance(campaign.arms, dict) else {}
     entries = []
     for d in sorted(run_dirs, key=lambda d: int(d.name)):
         label = f"run {d.name}"
@@ -349,14 +349,14 @@ def _campaign_entries(root: Path, campaign: dict) -> list[_Entry]:
                                   reason="no run.json (never finished)"))
             continue
         run = read_run(d)
-        arm = str(run.get("arm") or "main")
-        status = str(run.get("status") or "unknown")
+        arm = str(run.arm or "main")
+        status = str(run.status or "unknown")
         arm_info = arms.get(arm) if isinstance(arms.get(arm), dict) else {}
         log_path = recorded_log_path(d, run)
         entry = _Entry(label, log_path, arm, None, status=status, script_sha256=arm_info.get("script_sha256"))
         if status != OK:
             entry.excluded = True
-            entry.reason = str(run.get("reason") or status)
+            entry.reason = str(run.reason or status)
         if log_path is not None:
             try:
                 entry.parsed = parse_log_file(log_path)
@@ -891,10 +891,8 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
     if not root.is_dir():
         raise HarnessError(f"{show(root)}: is a file; give the campaign or record folder that holds the logs")
 
-    campaign = read_campaign_json(root) if is_campaign(root) else None
-    if campaign is not None and not isinstance(campaign, dict):
-        raise HarnessError(f"{root / 'campaign.json'}: not a JSON object")
-    track = (campaign or {}).get("track") if isinstance((campaign or {}).get("track"), dict) else {}
+    campaign = read_campaign_object(root) if is_campaign(root) else None
+    track = campaign.track if campaign is not None and isinstance(campaign.track, dict) else {}
 
     found = _scan(root)
     skipped: list[str] = []
@@ -1019,7 +1017,7 @@ def verify_path(path, target: float | None = None, alpha: float | None = None) -
                   f"against {use_target}; mean {values['loss_mean']:.4f}"
                   + (f", time mean {values['time_mean']:.4f} s)" if "time_mean" in values else ")"))
         checks.append(Check(C_P, bool(p < alpha), detail))
-    if campaign is not None and campaign.get("until_significant"):
+    if campaign is not None and campaign.until_significant:
         checks.append(Check(C_SEQUENTIAL, None, "runs were added until significant: the error-controlled "
                             "decision is the sequential test in record.md, not this plain t-test"))
 

@@ -12,7 +12,7 @@ import scipy.stats
 from harness.commands.compare import build_arms, cmd_compare
 from harness.comparison import balanced_order, comparison_markdown, telemetry_comparison, welch_difference
 from harness.errors import HarnessError
-from harness.results import BASELINE, CANDIDATE, pair_differences
+from harness.results import BASELINE, CANDIDATE, Run, pair_differences
 from harness.fsio import write_json_atomic
 from harness.tracks import REPO_ROOT
 
@@ -87,7 +87,7 @@ def test_pair_differences_skip_incomplete_pairs():
         {"index": 5, "arm": CANDIDATE, "status": "ok", "train_time_s": 9.7},
         {"index": 6, "arm": CANDIDATE, "status": "ok", "train_time_s": 9.1},
     ]
-    assert pair_differences(runs) == pytest.approx([-1.0, -0.5])
+    assert pair_differences([Run.from_json(r) for r in runs]) == pytest.approx([-1.0, -0.5])
 
 
 def _campaign(tmp_path: Path, base, cand, telemetry=None, until=False) -> Path:

@@ -11,7 +11,7 @@ from conftest import FIXTURES, make_source, run_cli
 from harness import preflight
 from harness.campaign import failure_reason, launch_command, make_arm, run_environment
 from harness.errors import HarnessError
-from harness.results import load_runs
+from harness.results import Campaign, Run, load_runs
 from harness.tracks import REPO_ROOT, load_track
 from harness.verdict import verdict
 
@@ -217,12 +217,12 @@ def test_failure_reason_skips_torchruns_report_and_rank_prefixes():
 
 
 def _runs(losses, arm="main", failed=0):
-    out = [{"index": k, "arm": arm, "status": "ok", "final_val_loss": x, "train_time_s": 100.0 + k}
+    out = [Run(index=k, arm=arm, seed=None, status="ok", final_val_loss=x, train_time_s=100.0 + k)
            for k, x in enumerate(losses)]
-    return out + [{"index": len(out) + k, "arm": arm, "status": "failed"} for k in range(failed)]
+    return out + [Run(index=len(out) + k, arm=arm, seed=None, status="failed") for k in range(failed)]
 
 
-CAMPAIGN = {"track": {"target": 3.28, "alpha": 0.01}, "arms": {"main": {"nproc": 8}}}
+CAMPAIGN = Campaign.from_json({"track": {"target": 3.28, "alpha": 0.01}, "arms": {"main": {"nproc": 8}}})
 
 
 def test_verdict_line_says_pass_or_fail_and_why():
@@ -237,11 +237,11 @@ def test_verdict_line_says_pass_or_fail_and_why():
 
 
 def test_compare_and_scaling_verdicts_judge_one_named_arm():
-    camp = {**CAMPAIGN, "kind": "compare", "arms": {"baseline": {"nproc": 8}, "candidate": {"nproc": 8}}}
+    camp = replace(CAMPAIGN, kind="compare", arms={"baseline": {"nproc": 8}, "candidate": {"nproc": 8}})
     runs = _runs([3.2900, 3.2910, 3.2905], arm="baseline") + _runs([3.2760, 3.2770, 3.2765], arm="candidate")
     ok, line = verdict(camp, runs)
     assert ok and "mean 3.2765 over 3 runs" in line and "the candidate's claim" in line
-    camp = {**CAMPAIGN, "kind": "scaling", "arms": {"gpus1": {"nproc": 1}, "gpus2": {"nproc": 2}}}
+    camp = replace(CAMPAIGN, kind="scaling", arms={"gpus1": {"nproc": 1}, "gpus2": {"nproc": 2}})
     runs = _runs([3.2760, 3.2770, 3.2765], arm="gpus1") + _runs([3.2900, 3.2910, 3.2905], arm="gpus2")
     ok, line = verdict(camp, runs)
     assert not ok and "the claim of gpus2" in line and "mean 3.2905" in line
@@ -251,7 +251,7 @@ def test_until_significant_verdict_uses_the_anytime_valid_p():
     from harness.sequential import LOSS_PRIOR, anytime_p_value
 
     losses = [3.2760, 3.2770, 3.2765, 3.2772]
-    ok, line = verdict({**CAMPAIGN, "until_significant": {"max_runs": 20}}, _runs(losses))
+    ok, line = verdict(replace(CAMPAIGN, until_significant={"max_runs": 20}), _runs(losses))
     assert line.startswith(f"{'PASS' if ok else 'FAIL'}: anytime-valid p={anytime_p_value(losses, 3.28, LOSS_PRIOR):.4f}")
 
 

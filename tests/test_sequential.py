@@ -2,12 +2,14 @@
 (simulated), and its hooks into campaigns (stop rule, the line under the block)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import scipy.integrate
 import scipy.stats
 
+from harness.results import Run
 from harness.stop_rules import make_stop_rule
 from harness.sequential import (ALPHA, LOSS_PRIOR, TIME_PRIOR, EffectPrior, _stop_times, anytime_p_value, decide,
                                 e_values, fixed_n_runs, log_e_values, log_J,
@@ -151,7 +153,7 @@ def test_sequential_saves_runs_at_the_seed_numbers():
 
 def _runs(losses, arm="main", times=None):
     times = times or [100.0] * len(losses)
-    return [{"index": k, "arm": arm, "status": "ok", "final_val_loss": v, "train_time_s": t}
+    return [Run.from_json({"index": k, "arm": arm, "status": "ok", "final_val_loss": v, "train_time_s": t})
             for k, (v, t) in enumerate(zip(losses, times))]
 
 
@@ -163,7 +165,7 @@ def test_one_sample_stop_rule():
     futile = rule(_runs([3.2810, 3.2815, 3.2808, 3.2812]))
     assert futile is not None and "futile" in futile
     # Failed runs carry no loss and are skipped.
-    runs = _runs(SEED_003) + [{"index": 11, "arm": "main", "status": "failed", "final_val_loss": None}]
+    runs = _runs(SEED_003) + [Run.from_json({"index": 11, "arm": "main", "status": "failed", "final_val_loss": None})]
     assert rule(runs) == reason
 
 
@@ -175,14 +177,14 @@ def test_compare_stop_rule_needs_both_claims():
         for arm in (first, second):
             t = 98.80 + 0.02 * (j % 3) if arm == "baseline" else 97.77 + 0.02 * ((j + 1) % 3)
             loss = SEED_003[j % len(SEED_003)] if arm == "candidate" else 3.2790
-            runs.append({"index": len(runs), "arm": arm, "status": "ok", "final_val_loss": loss, "train_time_s": t})
+            runs.append(Run(index=len(runs), arm=arm, seed=None, status="ok", final_val_loss=loss, train_time_s=t))
     assert rule(runs[:7]) is None  # odd: mid-pair
     assert rule(runs[:8]) is None  # faster already, but 4 candidate losses are not enough yet
     stops = [n for n in range(2, len(runs) + 1, 2) if rule(runs[:n])]
     assert stops and "time gain: significant" in rule(runs[: stops[0]])
     assert "candidate loss: significant" in rule(runs[: stops[0]])
     # A slower candidate is futile on time.
-    slow = [dict(r, train_time_s=r["train_time_s"] + (2.0 if r["arm"] == "candidate" else 0.0)) for r in runs]
+    slow = [replace(r, train_time_s=r.train_time_s + (2.0 if r.arm == "candidate" else 0.0)) for r in runs]
     reasons = [rule(slow[:n]) for n in range(2, 13, 2)]
     assert any(r and "time gain: futile" in r for r in reasons)
 

@@ -10,7 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.text import Text
 
-from harness.results import OK
+from harness.results import OK, Run
 
 
 class LiveDisplay:
@@ -47,12 +47,12 @@ class LiveDisplay:
         loss = f"val_loss {p.last_val_loss:.4f}" if p.last_val_loss is not None else "val_loss -"
         self.progress.update(self.run_task, completed=p.step, total=p.total, info=f"step {p.step}  {loss}")
 
-    def run_done(self, k: int, result: dict) -> None:
+    def run_done(self, k: int, result: Run) -> None:
         self.progress.advance(self.campaign_task)
         # Text, never markup: a reason quotes the run's own output
-        if result.get("status") == OK:
-            msg = Text.assemble((f"run {k + 1} ok", "green"), f"  val_loss {result['final_val_loss']:.4f}  "
-                                f"train_time {result['train_time_s']:.3f} s")
+        if result.status == OK:
+            msg = Text.assemble((f"run {k + 1} ok", "green"), f"  val_loss {result.final_val_loss:.4f}  "
+                                f"train_time {result.train_time_s:.3f} s")
         else:
-            msg = Text.assemble((f"run {k + 1} failed", "red"), f": {result.get('reason')}")
+            msg = Text.assemble((f"run {k + 1} failed", "red"), f": {result.reason}")
         self.progress.console.print(msg)
