@@ -26,7 +26,7 @@ import numpy as np
 import scipy.stats
 
 from harness.errors import HarnessError
-from harness.results import BASELINE, CANDIDATE, arm_values, load_campaign, load_runs, ok_runs, pair_differences
+from harness.results import BASELINE, CANDIDATE, Run, arm_values, load_campaign, load_runs, ok_runs, pair_differences
 from harness.rules import ALPHA, CONFIDENCE
 from harness.sequential import TIME_PRIOR, paired_sequential_markdown
 
@@ -140,11 +140,11 @@ def _differs(a: list[float], b: list[float], practical: float) -> bool:
     return True
 
 
-def telemetry_comparison(runs: list[dict]) -> dict | None:
+def telemetry_comparison(runs: list[Run]) -> dict | None:
     """Per-arm SM clock and throttling from the runs' telemetry summaries; None unless both arms have some."""
     arms = {}
     for arm in (BASELINE, CANDIDATE):
-        sums = [r["telemetry"] for r in ok_runs(runs, arm) if r.get("telemetry")]
+        sums = [r.telemetry for r in ok_runs(runs, arm) if r.telemetry]
         clocks = [float(s["sm_clock_mean_mhz"]) for s in sums if s.get("sm_clock_mean_mhz") is not None]
         fracs = [f for f in (_throttle_fraction(s) for s in sums) if f is not None]
         arms[arm] = {"runs": len(sums), "sm_clock": clocks, "throttle_fraction": fracs}
@@ -178,9 +178,9 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
     d = Path(campaign_dir)
     campaign = load_campaign(d)
     runs = load_runs(d)
-    if not {BASELINE, CANDIDATE} <= set(campaign.get("arms", {})):
+    if not {BASELINE, CANDIDATE} <= set(campaign.arms or {}):
         raise HarnessError(f"{d}: not a compare campaign (it needs arms 'baseline' and 'candidate')")
-    alpha = float(campaign["track"].get("alpha", ALPHA))
+    alpha = float(campaign.track.get("alpha", ALPHA))
     lines = ["### Candidate vs previous record (same node, interleaved A B B A)", ""]
     t_base, t_cand = arm_values(runs, BASELINE, "train_time_s"), arm_values(runs, CANDIDATE, "train_time_s")
     l_base, l_cand = arm_values(runs, BASELINE, "final_val_loss"), arm_values(runs, CANDIDATE, "final_val_loss")
@@ -203,7 +203,7 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
         lines.append("")
         lines.append("Per-pair time differences (candidate - baseline, s): "
                      + ", ".join(f"{x:+.3f}" for x in pairs))
-    seq = campaign.get("until_significant")
+    seq = campaign.until_significant
     if seq and len(pairs) >= 1:
         lines.append("")
         lines.append(paired_sequential_markdown(pairs, alpha, TIME_PRIOR))

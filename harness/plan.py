@@ -57,7 +57,7 @@ def campaign_estimates(campaign_dir: str | Path) -> tuple[float, float, float, i
     losses, _ = arm_series(load_runs(campaign_dir), claim_arm(campaign))
     if len(losses) < 2:
         raise HarnessError(f"{campaign_dir}: needs at least 2 finished runs to estimate sigma, has {len(losses)}")
-    return float(campaign["track"]["target"]), float(np.std(losses, ddof=1)), float(np.mean(losses)), len(losses)
+    return float(campaign.track["target"]), float(np.std(losses, ddof=1)), float(np.mean(losses)), len(losses)
 
 
 def make_plan(target: float, sigma: float, mean: float, power: float = 0.9, alpha: float = ALPHA,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.fsio import write_bytes_atomic
-from harness.results import RUNS_FOLDER, kind_of, read_campaign_or_empty, read_run_or_empty
+from harness.results import RUNS_FOLDER, Run, kind_of, read_campaign_or_empty, read_run_or_empty
 from harness.scaling import scaling_table
 from harness.telemetry.trace import load_trace
 
@@ -26,14 +26,14 @@ def _run_dirs(campaign_dir: Path) -> list[Path]:
     return sorted(runs, key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
 
 
-def _label(run_dir: Path, run: dict) -> str:
-    label = run.get("arm") or run.get("label") or run.get("name")
+def _label(run_dir: Path, run: Run) -> str:
+    label = run.arm or run.extra.get("label") or run.extra.get("name")
     return f"{run_dir.name}: {label}" if label and str(label) != run_dir.name else f"run {run_dir.name}"
 
 
 def _target(campaign_dir: Path) -> float | None:
     c = read_campaign_or_empty(campaign_dir)
-    for v in (c.get("target"), (c.get("track") or {}).get("target") if isinstance(c.get("track"), dict) else None):
+    for v in (c.extra.get("target"), c.track.get("target") if isinstance(c.track, dict) else None):
         if isinstance(v, (int, float)):
             return float(v)
     return None
@@ -69,7 +69,7 @@ def plot_clocks_power(campaign_dir: Path, out: Path) -> Path | None:
             t = s["t_unix"] - t0
             ax.plot(t, s["sm_mhz"], color="tab:blue", lw=1.0, alpha=0.8, label="SM clock" if g == trace.gpus[0] else None)
             ax2.plot(t, s["power_w"], color="tab:red", lw=1.0, alpha=0.6, label="power" if g == trace.gpus[0] else None)
-        window = run.get("timed_window_unix")
+        window = run.timed_window_unix
         if isinstance(window, list) and len(window) == 2 and all(isinstance(x, (int, float)) for x in window):
             ax.axvspan(window[0] - t0, window[1] - t0, color="tab:green", alpha=0.12, label="timed window")
         limits = [d.get("power_limit_w") for d in trace.meta.get("devices", []) if d.get("power_limit_w")]
@@ -103,13 +103,13 @@ def plot_val_loss(campaign_dir: Path, out: Path) -> Path | None:
     curves = []
     for run_dir in _run_dirs(campaign_dir):
         run = read_run_or_empty(run_dir)
-        curve = run.get("val_curve")
+        curve = run.val_curve
         if not isinstance(curve, list):
             continue
         pts = [(float(p[0]), float(p[1])) for p in curve
                if isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p)]
         if pts:
-            curves.append((_label(run_dir, run), str(run.get("arm") or ""), pts))
+            curves.append((_label(run_dir, run), str(run.arm or ""), pts))
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))

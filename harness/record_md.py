@@ -14,8 +14,8 @@ from harness.fsio import write_text_atomic
 from harness.plots import make_campaign_plots
 from harness.record_block import render_block
 from harness.record_pins import LABELS
-from harness.results import (BASELINE, arm_series, claim_arm, failed_runs, kind_of, load_campaign, load_runs,
-                             ok_runs)
+from harness.results import (BASELINE, Campaign, Run, arm_series, claim_arm, failed_runs, kind_of, load_campaign,
+                             load_runs, ok_runs)
 from harness.scaling import scaling_markdown
 from harness.sequential import sequential_markdown
 from harness.telemetry import telemetry_markdown
@@ -33,29 +33,29 @@ def record_markdown(campaign_dir: str | Path) -> str:
     d = Path(campaign_dir)
     campaign = load_campaign(d)
     runs = load_runs(d)
-    track = campaign["track"]
+    track = campaign.track
     target, alpha = float(track["target"]), float(track["alpha"])
-    n_sched = len(campaign["schedule"])
+    n_sched = len(campaign.schedule)
     lines = [
-        f"# {track['name']} campaign {campaign['id']}",
+        f"# {track['name']} campaign {campaign.id}",
         "",
         f"- verdict: {verdict(campaign, runs)[1]}",
-        f"- status: **{campaign.get('status', '?')}**"
-        + (f" ({campaign['stop_reason']})" if campaign.get("stop_reason") else ""),
+        f"- status: **{_or_question(campaign.status)}**"
+        + (f" ({campaign.stop_reason})" if campaign.stop_reason else ""),
         f"- runs: {len(ok_runs(runs))} ok, {len(failed_runs(runs))} failed, {n_sched} scheduled",
         f"- target: mean final val loss < {target} (one-sided t-test, p < {alpha})",
-        f"- created: {campaign.get('created', '?')}",
+        f"- created: {_or_question(campaign.created)}",
         "",
     ]
     lines += timing_lines(d, campaign, runs)
     lines += ["## Runs", "", _runs_table_md(runs), ""]
-    if any(isinstance(a, dict) and a.get("code") for a in campaign["arms"].values()):
+    if any(isinstance(a, dict) and a.get("code") for a in campaign.arms.values()):
         lines += [arms_markdown(campaign), ""]  # where each arm's code came from, its pins and downloads
     cache_md = _compile_cache_md(campaign, runs)
     if cache_md:
         lines += ["## Compile cache", "", cache_md, ""]
-    if campaign.get("environment"):
-        lines += [env_markdown(campaign["environment"]), ""]
+    if campaign.environment:
+        lines += [env_markdown(campaign.environment), ""]
     tele = _telemetry_md(runs)
     if tele:
         lines += ["## Telemetry", "", tele, ""]
@@ -65,7 +65,7 @@ def record_markdown(campaign_dir: str | Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def timing_lines(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+def timing_lines(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> list[str]:
     """The "Timing and Validation" part, as lines: the heading, then the sections of the campaign's kind."""
     lines = [TIMING_HEADING, ""]
     for name in kind_of(campaign).sections:
@@ -79,21 +79,21 @@ def timing_markdown(campaign_dir: str | Path) -> str:
     return "\n".join(timing_lines(d, load_campaign(d), load_runs(d))).strip()
 
 
-def _claim_block(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+def _claim_block(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> list[str]:
     """The claim arm's record block, and under it the sequential line after --until-significant."""
-    target, alpha = float(campaign["track"]["target"]), float(campaign["track"]["alpha"])
+    target, alpha = float(campaign.track["target"]), float(campaign.track["alpha"])
     losses, times = arm_series(runs, claim_arm(campaign))
     if not losses:
         return ["No run finished successfully: there is no block to report.\n"]
     lines = [_fence(render_block(losses, times, target))]
-    if campaign.get("until_significant"):  # the loss claim's anytime-valid line (a comparison adds its time line)
+    if campaign.until_significant:  # the loss claim's anytime-valid line (a comparison adds its time line)
         lines.append(_sequential_line(losses, target, alpha))
     return lines
 
 
-def _baseline_block(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+def _baseline_block(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> list[str]:
     """A comparison: the previous record's block (no p: it makes no claim), then the comparison."""
-    target = float(campaign["track"]["target"])
+    target = float(campaign.track["target"])
     b_losses, b_times = arm_series(runs, BASELINE)
     lines = ["Previous record (timed on same machine):", ""]
     lines.append(_fence(render_block(b_losses, b_times, target, with_p=False)) if b_losses
@@ -102,11 +102,11 @@ def _baseline_block(campaign_dir: Path, campaign: dict, runs: list[dict]) -> lis
     return lines
 
 
-def _count_blocks(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+def _count_blocks(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> list[str]:
     """A scaling campaign: one block per GPU count."""
-    target = float(campaign["track"]["target"])
+    target = float(campaign.track["target"])
     lines = []
-    for arm, spec in campaign["arms"].items():
+    for arm, spec in campaign.arms.items():
         a_losses, a_times = arm_series(runs, arm)
         n = int(spec["nproc"])
         lines += [f"{arm} ({n} process{'es' if n > 1 else ''}):", ""]
@@ -115,7 +115,7 @@ def _count_blocks(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[
     return lines
 
 
-def _scaling_tables(campaign_dir: Path, campaign: dict, runs: list[dict]) -> list[str]:
+def _scaling_tables(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> list[str]:
     return [scaling_markdown(campaign_dir)]
 
 
@@ -128,42 +128,42 @@ def _sequential_line(losses: list[float], target: float, alpha: float) -> str:
     return sequential_markdown(losses, target, alpha) + "\n"
 
 
-def _telemetry_md(runs: list[dict]) -> str:
-    summaries = [(str(r["index"]), r["telemetry"]) for r in runs if r.get("telemetry")]
+def _telemetry_md(runs: list[Run]) -> str:
+    summaries = [(str(r.index), r.telemetry) for r in runs if r.telemetry]
     return telemetry_markdown(summaries) if summaries else ""
 
 
-def _runs_table_md(runs: list[dict]) -> str:
+def _runs_table_md(runs: list[Run]) -> str:
     rows = ["| run | arm | seed | status | final step | val loss | train time (s) | compile + warm-up (s) | cache "
             "| wall (s) | reason |",
             "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in runs:
         rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r["index"], r.get("arm", ""), r.get("seed", ""), r.get("status", ""),
-            _or_dash(r.get("final_step")), number_text(r.get("final_val_loss"), 4), number_text(r.get("train_time_s"), 3),
-            number_text(r.get("compile_warmup_s"), 1), cache_state(r), number_text(r.get("wall_s"), 1),
-            (r.get("reason") or "").replace("|", "/")))
+            r.index, or_blank(r.arm), or_blank(r.seed), or_blank(r.status),
+            _or_dash(r.final_step), number_text(r.final_val_loss, 4), number_text(r.train_time_s, 3),
+            number_text(r.compile_warmup_s, 1), cache_state(r), number_text(r.wall_s, 1),
+            (r.reason or "").replace("|", "/")))
     return "\n".join(rows)
 
 
-def _grown_warm_runs(runs: list[dict], arm: str) -> list[str]:
+def _grown_warm_runs(runs: list[Run], arm: str) -> list[str]:
     """`run 3 (+256 files)` for each warm run of the arm that added files to its cache folder: a warm start that
     still compiled something (a kernel whose cache entry misses every run keeps the start slow)."""
     out = []
     for r in runs:
-        cache = r.get("compile_cache")
-        if r.get("arm") != arm or not isinstance(cache, dict) or cache.get("state") != "warm":
+        cache = r.compile_cache
+        if r.arm != arm or not isinstance(cache, dict) or cache.get("state") != "warm":
             continue
         before, after = cache.get("entries_before"), cache.get("entries_after")
         if isinstance(before, int) and isinstance(after, int) and after > before:
-            out.append(f"run {r.get('index')} (+{after - before} files)")
+            out.append(f"run {r.index} (+{after - before} files)")
     return out
 
 
-def _compile_cache_md(campaign: dict, runs: list[dict]) -> str:
+def _compile_cache_md(campaign: Campaign, runs: list[Run]) -> str:
     """Each arm's compile cache folder, the warm runs that still added to it (run.json), and the Triton autotune
     configs its runs share (campaign.json)."""
-    arms = campaign.get("compile_cache")
+    arms = campaign.compile_cache
     if not isinstance(arms, dict) or not arms:
         return ""
     lines = []
@@ -175,7 +175,7 @@ def _compile_cache_md(campaign: dict, runs: list[dict]) -> str:
         grown = _grown_warm_runs(runs, arm)
         if grown:
             lines.append(f"  - warm runs that still added files to it (compiled again): {', '.join(grown)}")
-    tuned = [(arm, kernel, e) for arm, kernels in (campaign.get("triton_autotune") or {}).items()
+    tuned = [(arm, kernel, e) for arm, kernels in (campaign.triton_autotune or {}).items()
              if isinstance(kernels, dict) for kernel, entries in kernels.items() for e in entries]
     if tuned:
         lines += ["", "Triton autotune (kept on disk, used by every run after the first):", "",
@@ -186,9 +186,9 @@ def _compile_cache_md(campaign: dict, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cache_state(run: dict) -> str:
+def cache_state(run: Run) -> str:
     """cold / warm (the compile cache folder was empty / had entries before the run), off, or - (older runs)."""
-    cache = run.get("compile_cache")
+    cache = run.compile_cache
     if not isinstance(cache, dict):
         return "-"
     return str(cache.get("state") or "-") if cache.get("enabled") else "off"
@@ -196,6 +196,15 @@ def cache_state(run: dict) -> str:
 
 def _or_dash(v) -> str:
     return "-" if v is None else str(v)
+
+
+def _or_question(v) -> str:
+    return "?" if v is None else str(v)
+
+
+def or_blank(v) -> str:
+    """A field shown as text: empty when not recorded (None)."""
+    return "" if v is None else str(v)
 
 
 def number_text(v, digits: int) -> str:
@@ -211,10 +220,10 @@ def write_record(campaign_dir: str | Path) -> Path:
     return write_text_atomic(d / "record.md", record_markdown(d))
 
 
-def arms_markdown(campaign: dict) -> str:
+def arms_markdown(campaign: Campaign) -> str:
     """record.md's section on each arm: where its code came from, its files' hashes, its pins, downloads."""
     lines = ["## Code of each arm", ""]
-    for name, arm in (campaign.get("arms") or {}).items():
+    for name, arm in (campaign.arms or {}).items():
         code = arm.get("code") or {}
         lines.append(f"- **{name}**: {_md(describe_code(code))}; script sha256 `{arm.get('script_sha256')}`")
         if code.get("kind") in RECORD_KINDS:

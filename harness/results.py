@@ -196,23 +196,8 @@ def _from_json(cls, data: dict, names: tuple[str, ...]):
     return record
 
 
-class _DictReads:
-    """TRANSITIONAL (issue 18): dict-style reads for the readers not yet converted to attributes."""
-
-    def get(self, key, default=None):
-        value = getattr(self, key, None) if key != "extra" else None
-        return value if value is not None else self.extra.get(key, default)
-
-    def __getitem__(self, key):
-        if key in self.extra:
-            return self.extra[key]
-        if key == "extra" or not hasattr(self, key):
-            raise KeyError(key)
-        return getattr(self, key)
-
-
 @dataclass
-class Run(_DictReads):
+class Run:
     """runs/<k>/run.json: the one field list, in the order the file holds it. A finished run (ok or failed)
     holds every field but telemetry, which is there when the run was sampled; an interrupted one holds
     INTERRUPTED_FIELDS and, when stopped by Ctrl-C, the compile fields."""
@@ -291,7 +276,7 @@ CAMPAIGN_KEYS = ("id", "track", "arms", "schedule")  # what every reader of camp
 
 
 @dataclass
-class Campaign(_DictReads):
+class Campaign:
     """campaign.json: the one field list, in the order the file holds it. What was asked comes first; a
     comparison, a scaling campaign and --until-significant add their own field; the engine then keeps status
     (and stop_reason, triton_autotune) up to date in the file as the campaign goes. Optional fields that are

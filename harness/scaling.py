@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.logs import parse_log
-from harness.results import load_campaign, load_runs, ok_runs, recorded_log_path, run_folder
+from harness.results import Run, load_campaign, load_runs, ok_runs, recorded_log_path, run_folder
 
 ARM_PREFIX = "gpus"
 _STAGE_RE = re.compile(r"^stage:(\S+) .*?steady_step_ms:([0-9.]+)")
@@ -76,8 +76,8 @@ def stage_step_times(log_text: str) -> dict[str, float]:
     return {"all": statistics.median(deltas)} if deltas else {}
 
 
-def _run_stage_times(campaign_dir: Path, run: dict) -> dict[str, float]:
-    path = recorded_log_path(run_folder(campaign_dir, run["index"]), run)
+def _run_stage_times(campaign_dir: Path, run: Run) -> dict[str, float]:
+    path = recorded_log_path(run_folder(campaign_dir, run.index), run)
     if path is None:
         return {}
     try:
@@ -91,11 +91,11 @@ def scaling_table(campaign_dir: str | Path) -> dict:
     seed; train times."""
     d = Path(campaign_dir)
     campaign = load_campaign(d)
-    counts = sorted(int(a["nproc"]) for a in campaign["arms"].values())
+    counts = sorted(int(a["nproc"]) for a in campaign.arms.values())
     runs = ok_runs(load_runs(d))
     per_count = {}
     for k in counts:
-        mine = [r for r in runs if r.get("arm") == arm_name(k)]
+        mine = [r for r in runs if r.arm == arm_name(k)]
         times: dict[str, list[float]] = {}
         for r in mine:
             for stage, ms in _run_stage_times(d, r).items():
@@ -103,10 +103,10 @@ def scaling_table(campaign_dir: str | Path) -> dict:
         per_count[k] = {
             "runs": len(mine),
             "stage_ms": {s: statistics.median(v) for s, v in times.items()},
-            "loss_by_seed": {r["seed"]: r["final_val_loss"] for r in mine},
-            "train_time_s": [r["train_time_s"] for r in mine],
+            "loss_by_seed": {r.seed: r.final_val_loss for r in mine},
+            "train_time_s": [r.train_time_s for r in mine],
         }
-    unit, units = ("GPU", "GPUs") if campaign["track"].get("uses_gpu", True) else ("process", "processes")
+    unit, units = ("GPU", "GPUs") if campaign.track.get("uses_gpu", True) else ("process", "processes")
     return {"counts": counts, "per_count": per_count, "unit": unit, "units": units}
 
 

@@ -5,13 +5,13 @@ A campaign kind names its rule (results.KINDS); run_campaign calls the rule with
 
 from __future__ import annotations
 
-from harness.results import CANDIDATE, ok_runs, pair_differences
+from harness.results import CANDIDATE, Run, ok_runs, pair_differences
 from harness.rules import ALPHA, DEFAULT_MAX_RUNS
 from harness.sequential import LOSS_PRIOR, TIME_PRIOR, Decision, decide
 
 
 def make_stop_rule(target: float, alpha: float = ALPHA, max_runs: int = DEFAULT_MAX_RUNS, kind: str = "one-sample"):
-    """stop_rule(completed run dicts) -> a reason to stop, or None, for harness.campaign.run_campaign.
+    """stop_rule(completed runs) -> a reason to stop, or None, for harness.campaign.run_campaign.
 
     one-sample: the runs' final losses against the target (`speedrun run --until-significant`).
     compare: the candidate must be both faster than the baseline (paired time differences, one per A/B
@@ -22,16 +22,16 @@ def make_stop_rule(target: float, alpha: float = ALPHA, max_runs: int = DEFAULT_
     if kind not in RULES:
         raise ValueError(f"unknown stop-rule kind {kind!r}")
 
-    def one_sample(completed: list[dict]) -> str | None:
-        losses = [r["final_val_loss"] for r in ok_runs(completed)]
+    def one_sample(completed: list[Run]) -> str | None:
+        losses = [r.final_val_loss for r in ok_runs(completed)]
         d = decide(losses, target, alpha, max_runs, LOSS_PRIOR)
         return _reason(d, "loss") if d.stop and d.outcome != "budget" else None
 
-    def compare(completed: list[dict]) -> str | None:
+    def compare(completed: list[Run]) -> str | None:
         if len(completed) % 2:  # decide only on complete A/B pairs
             return None
         pairs = pair_differences(completed)
-        losses = [r["final_val_loss"] for r in ok_runs(completed, CANDIDATE)]
+        losses = [r.final_val_loss for r in ok_runs(completed, CANDIDATE)]
         dt = decide(pairs, 0.0, alpha, max_runs, TIME_PRIOR)
         dl = decide(losses, target, alpha, max_runs, LOSS_PRIOR)
         for d, what, unit in ((dt, "time gain", "pairs"), (dl, "candidate loss", "runs")):

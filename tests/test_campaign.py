@@ -30,20 +30,20 @@ def campaign(tmp_path, track, n=2, env=None, **kw):
 def test_ok_campaign_writes_the_layout_and_block(tmp_path, fake_track):
     out, runs, camp = campaign(tmp_path, fake_track, n=3)
     assert camp["status"] == "complete" and camp["schedule"] == ["main"] * 3
-    assert [r["status"] for r in runs] == ["ok"] * 3
-    assert [r["seed"] for r in runs] == [0, 1, 2]
+    assert [r.status for r in runs] == ["ok"] * 3
+    assert [r.seed for r in runs] == [0, 1, 2]
     for k, r in enumerate(runs):
         d = out / "runs" / str(k)
         assert (d / "output.txt").exists() and list((d / "logs").glob("*.txt"))
-        assert r["final_step"] == 20 and r["total_steps"] == 20
-        assert r["train_time_s"] == pytest.approx(r["train_time_ms"] / 1000)
-        assert r["val_curve"][-1] == [20, r["final_val_loss"]]
-        assert r["timed_window_unix"][0] <= r["timed_window_unix"][1]
+        assert r.final_step == 20 and r.total_steps == 20
+        assert r.train_time_s == pytest.approx(r.train_time_ms / 1000)
+        assert r.val_curve[-1] == [20, r.final_val_loss]
+        assert r.timed_window_unix[0] <= r.timed_window_unix[1]
     # Seeds reach the script: the fake's final loss depends on SPEEDRUN_SEED.
-    assert len({r["final_val_loss"] for r in runs}) == 3
+    assert len({r.final_val_loss for r in runs}) == 3
     (block,) = parse_blocks((out / "record.md").read_text())
-    assert block.losses == [r["final_val_loss"] for r in runs]
-    assert block.times == [round(r["train_time_s"], 3) for r in runs]
+    assert block.losses == [r.final_val_loss for r in runs]
+    assert block.times == [round(r.train_time_s, 3) for r in runs]
     assert block.target == 3.28
 
 
@@ -55,11 +55,11 @@ def test_ok_campaign_writes_the_layout_and_block(tmp_path, fake_track):
 def test_failed_runs_are_recorded_and_the_campaign_goes_on(tmp_path, fake_track, mode, reason):
     out, runs, camp = campaign(tmp_path, fake_track, n=2, env={"FAKE_MODE": mode})
     assert camp["status"] == "complete"
-    assert [r["status"] for r in runs] == ["failed", "failed"]
-    assert all(reason in r["reason"] for r in runs), runs[0]["reason"]
+    assert [r.status for r in runs] == ["failed", "failed"]
+    assert all(reason in r.reason for r in runs), runs[0].reason
     # The window of a run that never finished ends at its last step line (telemetry is summarised over it).
-    start, end = runs[0]["timed_window_unix"]
-    assert start < end <= runs[0]["ended_unix"]
+    start, end = runs[0].timed_window_unix
+    assert start < end <= runs[0].ended_unix
     assert "No run finished successfully" in (out / "record.md").read_text()
 
 
@@ -67,7 +67,7 @@ def test_hung_run_is_killed_with_its_process_group(tmp_path, fake_track):
     t0 = time.time()
     # 8 s: longer than torchrun and the script take to start silently on a busy machine
     out, runs, _ = campaign(tmp_path, fake_track, n=1, env={"FAKE_MODE": "hang"}, hang_timeout_s=8.0)
-    assert runs[0]["status"] == "failed" and runs[0]["reason"].startswith("hung: no new output for 8 s")
+    assert runs[0].status == "failed" and runs[0].reason.startswith("hung: no new output for 8 s")
     assert time.time() - t0 < 40
     # The sleeping script is gone, not left behind holding the GPU.
     out_text = (out / "runs" / "0" / "output.txt").read_text()
@@ -79,14 +79,14 @@ def test_hung_run_is_killed_with_its_process_group(tmp_path, fake_track):
 def test_wall_timeout(tmp_path, fake_track):
     _, runs, _ = campaign(tmp_path, fake_track, n=1, env={"FAKE_MODE": "hang"}, timeout_s=1.5,
                           hang_timeout_s=100.0)
-    assert runs[0]["status"] == "failed" and "timed out after 2 s" in runs[0]["reason"]
+    assert runs[0].status == "failed" and "timed out after 2 s" in runs[0].reason
 
 
 def test_script_logging_only_to_its_file_is_not_a_hang(tmp_path, fake_track):
     # 2400 steps of 5 ms log to the file only for longer than the 8 s watchdog (which must outlast the silent start)
     _, runs, _ = campaign(tmp_path, fake_track, n=1, env={"FAKE_MODE": "logonly", "SPEEDRUN_NUM_ITERATIONS": "2400"},
                           hang_timeout_s=8.0)
-    assert runs[0]["status"] == "ok", runs[0]["reason"]
+    assert runs[0].status == "ok", runs[0].reason
 
 
 def test_schedule_with_unknown_arm_is_refused(tmp_path):
@@ -141,8 +141,8 @@ def test_ctrl_c_keeps_everything_and_resume_finishes(tmp_path):
     # every run ok; the fake's seeds 0-2 (3.2770, 3.2776, 3.2782) give p=0.0101: verdict FAIL, exit 4
     assert r.returncode == 4, r.stderr
     runs = load_runs(out)
-    assert [x["status"] for x in runs] == ["ok"] * 3
-    assert runs[0]["started_unix"] == first["started_unix"]  # not redone
+    assert [x.status for x in runs] == ["ok"] * 3
+    assert runs[0].started_unix == first["started_unix"]  # not redone
     kept = list((out / "runs").glob("1.interrupted-*"))
     assert len(kept) == 1 and (kept[0] / "output.txt").exists()  # the interrupted attempt is kept aside
     assert json.loads((out / "campaign.json").read_text())["status"] == "complete"
@@ -183,7 +183,7 @@ def test_failed_runs_give_a_distinct_exit_code(tmp_path):
     assert r.returncode == 3
     assert "failed" in r.stdout
     (run,) = load_runs(tmp_path / "c")
-    assert run["reason"].startswith("exited with code 1: RuntimeError: simulated crash")
+    assert run.reason.startswith("exited with code 1: RuntimeError: simulated crash")
 
 
 def test_printed_block_pastes_back_as_python(tmp_path):

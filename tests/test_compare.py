@@ -211,14 +211,14 @@ def test_compare_end_to_end_known_slowdown(tmp_path, capsys):
     from harness.results import load_runs
 
     runs = load_runs(out)
-    assert [r["arm"] for r in runs] == balanced_order(3)
-    assert all(r["status"] == "ok" for r in runs)
+    assert [r.arm for r in runs] == balanced_order(3)
+    assert all(r.status == "ok" for r in runs)
     # Same seed within a pair and untouched math: identical losses for both arms of every pair.
     for j in range(0, 6, 2):
-        assert runs[j]["seed"] == runs[j + 1]["seed"]
-        assert runs[j]["final_val_loss"] == runs[j + 1]["final_val_loss"]
-    base = [r["train_time_s"] for r in runs if r["arm"] == BASELINE]
-    cand = [r["train_time_s"] for r in runs if r["arm"] == CANDIDATE]
+        assert runs[j].seed == runs[j + 1].seed
+        assert runs[j].final_val_loss == runs[j + 1].final_val_loss
+    base = [r.train_time_s for r in runs if r.arm == BASELINE]
+    cand = [r.train_time_s for r in runs if r.arm == CANDIDATE]
     d = welch_difference(base, cand)
     assert d.diff == pytest.approx(-1.0, abs=0.4)
     assert d.ci_high < 0
@@ -240,9 +240,9 @@ def test_compare_until_significant_stops_a_futile_campaign(tmp_path):
                "--no-telemetry"])
     assert rc == 4  # every run ok; stopped early, the candidate's loss claim not shown at alpha: verdict FAIL
     campaign = load_campaign(out)
-    assert campaign["status"] == "stopped-early"
-    assert "time gain: futile" in campaign["stop_reason"]
-    assert len(campaign["schedule"]) == 20 and len(load_runs(out)) == 6
+    assert campaign.status == "stopped-early"
+    assert "time gain: futile" in campaign.stop_reason
+    assert len(campaign.schedule) == 20 and len(load_runs(out)) == 6
     md = (out / "record.md").read_text()
     assert "Sequential test (--until-significant)" in md and "Sequential test of the time gain" in md
 

@@ -170,7 +170,7 @@ def test_a_run_of_the_tiny_track_under_the_harness_sees_the_variables(root, tmp_
     assert cc.run_variables(cc.cache_for_arm(arm)).items() <= seen.items()
     assert seen["TRITON_CACHE_DIR"] == str(folder / "triton") and seen["TRITON_CACHE_AUTOTUNING"] == "1"
     (run,) = load_runs(out)
-    assert run["final_step"] == 20 and run["compile_cache"]["state"] == "cold"
+    assert run.final_step == 20 and run.compile_cache["state"] == "cold"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -181,19 +181,19 @@ def test_run_one_is_cold_and_runs_two_to_n_are_warm(root, tmp_path):
     arm = probe_arm()
     out = run_campaign(tmp_path / "c1", [arm], ["main"] * 3, telemetry=False, on_finish=write_record)
     runs = load_runs(out)
-    assert [r["compile_cache"]["state"] for r in runs] == ["cold", "warm", "warm"]
-    assert runs[0]["compile_cache"]["entries_before"] == 0 and runs[0]["compile_cache"]["entries_after"] == 1
+    assert [r.compile_cache["state"] for r in runs] == ["cold", "warm", "warm"]
+    assert runs[0].compile_cache["entries_before"] == 0 and runs[0].compile_cache["entries_after"] == 1
     assert [json.loads((out / "runs" / str(k) / "cache_env.json").read_text())["SPEEDRUN_COMPILE_CACHE_STATE"]
             for k in range(3)] == ["cold", "warm", "warm"]
     # The probe "compiles" for 0.5 s with a cold cache before its first step line (train_time:0ms).
-    assert runs[0]["compile_warmup_s"] >= 0.5
-    assert all(r["compile_warmup_s"] is not None and r["compile_warmup_s"] >= 0 for r in runs)
+    assert runs[0].compile_warmup_s >= 0.5
+    assert all(r.compile_warmup_s is not None and r.compile_warmup_s >= 0 for r in runs)
     # A later campaign on the node starts warm.
     (again,) = load_runs(run_campaign(tmp_path / "c2", [arm], ["main"], telemetry=False, on_finish=write_record))
-    assert again["compile_cache"]["state"] == "warm"
+    assert again.compile_cache["state"] == "warm"
 
     camp = json.loads((out / "campaign.json").read_text())
-    assert camp["compile_cache"]["main"]["digest"] == runs[0]["compile_cache"]["digest"]
+    assert camp["compile_cache"]["main"]["digest"] == runs[0].compile_cache["digest"]
     (entry,) = camp["triton_autotune"]["main"]["probe_kernel"]
     assert entry["config"] == {"kwargs": {"BLOCK": 128}, "num_warps": 8, "num_ctas": 1, "num_stages": 3}
     assert entry["key"] == [1024, 768, "torch.bfloat16"] and entry["configs_tried"] == 3
@@ -203,7 +203,7 @@ def test_run_one_is_cold_and_runs_two_to_n_are_warm(root, tmp_path):
     assert "compile + warm-up (s)" in table
     rows = [ln for ln in table.splitlines() if ln.startswith("| 0 ") or ln.startswith("| 1 ")]
     assert "| cold |" in rows[0] and "| warm |" in rows[1]
-    assert f"{runs[0]['compile_warmup_s']:.1f}" in rows[0]
+    assert f"{runs[0].compile_warmup_s:.1f}" in rows[0]
     assert "| main | probe_kernel | [1024, 768, 'torch.bfloat16'] | BLOCK=128, num_warps=8" in md
 
 
@@ -213,8 +213,8 @@ def test_the_console_summary_shows_compile_time_and_cold_or_warm(root, tmp_path)
                 env={"COLUMNS": "200", "SPEEDRUN_CACHE_DIR": str(root)})
     assert r.returncode in (0, 4), r.stderr  # 4: the probe's losses miss the target
     runs = load_runs(out)
-    assert f"{runs[0]['compile_warmup_s']:.1f} cold" in r.stdout
-    assert f"{runs[1]['compile_warmup_s']:.1f} warm" in r.stdout
+    assert f"{runs[0].compile_warmup_s:.1f} cold" in r.stdout
+    assert f"{runs[1].compile_warmup_s:.1f} warm" in r.stdout
 
 
 def test_no_cache_flag_runs_without_the_harness_cache(root, tmp_path):
@@ -223,7 +223,7 @@ def test_no_cache_flag_runs_without_the_harness_cache(root, tmp_path):
                 "--no-cache", env={"SPEEDRUN_CACHE_DIR": str(root), "TRITON_CACHE_DIR": str(tmp_path / "own")})
     assert r.returncode in (0, 4), r.stderr  # 4: the probe's losses miss the target
     (run,) = load_runs(out)
-    assert run["compile_cache"] == {"enabled": False, "state": None}
+    assert run.compile_cache == {"enabled": False, "state": None}
     seen = json.loads((out / "runs" / "0" / "cache_env.json").read_text())
     assert seen["TRITON_CACHE_DIR"] == str(tmp_path / "own") and "TRITON_CACHE_AUTOTUNING" not in seen
     assert not root.exists()
@@ -252,9 +252,9 @@ def test_a_run_interrupted_after_its_compile_keeps_its_compile_time(root, tmp_pa
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     (run,) = load_runs(out)
-    assert run["status"] == "interrupted" and run["compile_cache"]["state"] == "cold"
-    assert run["compile_warmup_s"] >= 0.5  # the probe's cold "compile"
-    assert f"| {run['compile_warmup_s']:.1f} | cold |" in (out / "record.md").read_text()
+    assert run.status == "interrupted" and run.compile_cache["state"] == "cold"
+    assert run.compile_warmup_s >= 0.5  # the probe's cold "compile"
+    assert f"| {run.compile_warmup_s:.1f} | cold |" in (out / "record.md").read_text()
 
 
 def test_compile_warmup_counts_to_the_start_of_the_timed_part():

@@ -54,7 +54,7 @@ def test_contract_script_runs_under_torchrun_with_one_and_two_processes(data_roo
     run2, log2 = _log_text(tmp_path / "two")
     assert "world_size=2 grad_accum_steps=4" in log2 and run2["status"] == "ok"
     # same seed, same global batches: the all-reduced data term makes the losses equal across world sizes
-    assert run2["final_val_loss"] == load_runs(tmp_path / "one")[0]["final_val_loss"]
+    assert run2["final_val_loss"] == load_runs(tmp_path / "one")[0].final_val_loss
     assert "- verdict: FAIL: 1 run gives no p-value" in (tmp_path / "two" / "record.md").read_text()
 
 
@@ -62,7 +62,7 @@ def test_compare_takes_data_path_and_judges_the_candidate(data_root, tmp_path):
     r = run_cli("compare", CONTRACT, CONTRACT / "train_gpt.py", "--runs", "1", "--nproc", "1", "--data-path",
                 data_root, "--out", tmp_path / "c", "--quiet", "--no-telemetry")
     assert r.returncode == 4, r.stdout + r.stderr  # both arms ran; one candidate run cannot pass the t-test
-    assert [x["status"] for x in load_runs(tmp_path / "c")] == ["ok", "ok"]
+    assert [x.status for x in load_runs(tmp_path / "c")] == ["ok", "ok"]
     assert r.stdout.strip().splitlines()[-1].startswith("FAIL: ") and "the candidate's claim" in r.stdout
     camp = json.loads((tmp_path / "c" / "campaign.json").read_text())
     assert {a["env"]["DATA_PATH"] for a in camp["arms"].values()} == {str(data_root.resolve())}
@@ -73,7 +73,7 @@ def test_a_crash_is_reported_by_the_scripts_own_error_line_not_torchruns_banner(
                 "--quiet", "--no-telemetry", "--env", "CONTRACT_CRASH_AT=5")
     assert r.returncode == 3, r.stdout + r.stderr
     (run,) = load_runs(tmp_path / "c")
-    assert run["reason"] == "exited with code 1: RuntimeError: simulated failure at step 5"
+    assert run.reason == "exited with code 1: RuntimeError: simulated failure at step 5"
     output = (tmp_path / "c" / "runs" / "0" / "output.txt").read_text()
     assert "ChildFailedError" in output  # torchrun's report was there to be skipped
 

@@ -164,7 +164,7 @@ def test_a_second_harness_on_a_live_campaign_is_refused(tmp_path):
         flag.unlink()
     _, err = owner.communicate(timeout=120)
     assert owner.returncode in ALL_RUNS_FINISHED, err
-    assert [r["status"] for r in load_runs(out)] == ["ok", "ok"]
+    assert [r.status for r in load_runs(out)] == ["ok", "ok"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_resume_ends_what_a_killed_harness_left_running(tmp_path):
     assert not alive(child)
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("resume: ended")]
     assert str(child) in line.split("(pid ")[1]  # torchrun and the script, K=1 included
-    assert [x["status"] for x in load_runs(out)] == ["ok", "ok"]
+    assert [x.status for x in load_runs(out)] == ["ok", "ok"]
 
 
 @pytest.mark.fault
@@ -323,7 +323,7 @@ def test_a_full_disk_stops_at_once_and_the_campaign_resumes(tmp_path, small_disk
     again = run_cli("run", "--resume", out, "--quiet", "--no-telemetry")
     assert again.returncode in ALL_RUNS_FINISHED, again.stderr
     assert (out / "runs" / "0" / "run.json").read_bytes() == first  # nothing finished was touched
-    assert [x["status"] for x in load_runs(out)] == ["ok"] * 3
+    assert [x.status for x in load_runs(out)] == ["ok"] * 3
 
 
 @pytest.mark.fault
@@ -344,7 +344,7 @@ def test_a_run_whose_writes_get_enospc_is_interrupted_not_failed(tmp_path):
     again = run_cli("run", "--resume", out, "--quiet", "--no-telemetry")
     assert again.returncode in ALL_RUNS_FINISHED, again.stderr
     assert (out / "runs" / "0" / "run.json").read_bytes() == first
-    assert [x["status"] for x in load_runs(out)] == ["ok", "ok"]
+    assert [x.status for x in load_runs(out)] == ["ok", "ok"]
 
 
 @pytest.mark.fault

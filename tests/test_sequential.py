@@ -231,8 +231,8 @@ def test_run_until_significant_end_to_end(tmp_path):
                  "--quiet"]) == 0
     campaign = load_campaign(out)
     runs = load_runs(out)
-    assert campaign["status"] == "stopped-early" and "loss: significant" in campaign["stop_reason"]
-    losses = [r["final_val_loss"] for r in runs]
+    assert campaign.status == "stopped-early" and "loss: significant" in campaign.stop_reason
+    losses = [r.final_val_loss for r in runs]
     log_e = log_e_values(losses, 3.28, LOSS_PRIOR)
     assert log_e[-1] >= math.log(100) and np.all(log_e[:-1] < math.log(100))  # stopped at the first crossing
     assert len(runs) < 15

@@ -21,7 +21,7 @@ def finish_campaign(campaign_dir: Path) -> int:
     runs = load_runs(campaign_dir)
     passed, line = verdict(load_campaign(campaign_dir), runs)
     print(line, flush=True)
-    if any(r.get("status") != OK for r in runs):
+    if any(r.status != OK for r in runs):
         return EXIT_SOME_RUNS_FAILED
     return 0 if passed else EXIT_CLAIM_FAILED
 

@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.fsio import sha256_file
 from harness.record_md import write_record
 from harness.record_preflight import prepare_arms
-from harness.results import KINDS, RUN, kind_of, load_campaign
+from harness.results import KINDS, RUN, Campaign, kind_of, load_campaign
 from harness.rules import DEFAULT_MAX_RUNS, DEFAULT_RUNS
 from harness.stop_rules import make_stop_rule
 
@@ -61,38 +61,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def resume_campaign(path: str, telemetry: bool = True, quiet: bool = False, lock_clocks: int | None = None) -> int:
     campaign = load_campaign(path)
-    if campaign.get("status") == "complete":
+    if campaign.status == "complete":
         raise HarnessError(f"{path}: this campaign is already complete")
     arms = _stored_arms(campaign, path)
-    for a, stored in zip(arms, campaign["arms"].values()):
+    for a, stored in zip(arms, campaign.arms.values()):
         if not a.script.is_file():
             raise HarnessError(f"{path}: arm {a.name!r} script {a.script} is gone; cannot resume")
         if sha256_file(a.script) != stored["script_sha256"]:
             raise HarnessError(f"{path}: script {a.script} changed since the campaign started; cannot resume")
     stop_rule = None
-    if campaign.get("until_significant"):
+    if campaign.until_significant:
         t = arms[0].track
-        seq = campaign["until_significant"]
+        seq = campaign.until_significant
         if not (isinstance(seq, dict) and isinstance(seq.get("max_runs"), int) and seq["max_runs"] >= 1):
             raise HarnessError(f"{Path(path) / 'campaign.json'}: 'until_significant' needs a whole 'max_runs'; "
                                f"cannot resume")
         rule = seq.get("kind", kind_of(campaign).stop_rule)  # compare stores its rule; a plain run does not
         stop_rule = make_stop_rule(t.target, t.alpha, seq["max_runs"], kind=rule)
     with _clock_lock(lock_clocks, arms[0]):
-        campaign_dir = run_campaign(path, arms, campaign["schedule"], stop_rule=stop_rule,
-                                    telemetry=telemetry and campaign.get("telemetry", True), resume=True,
-                                    seeds=campaign.get("seeds"),
-                                    display=LiveDisplay(len(campaign["schedule"]), quiet=quiet), on_finish=write_record)
+        stored_telemetry = campaign.telemetry if campaign.telemetry is not None else True
+        campaign_dir = run_campaign(path, arms, campaign.schedule, stop_rule=stop_rule,
+                                    telemetry=telemetry and stored_telemetry, resume=True, seeds=campaign.seeds,
+                                    display=LiveDisplay(len(campaign.schedule), quiet=quiet), on_finish=write_record)
     return finish_campaign(campaign_dir)
 
 
 ARM_KEYS = ("name", "track", "script", "script_sha256", "nproc", "env")
 
 
-def _stored_arms(campaign: dict, path: str) -> list[Arm]:
+def _stored_arms(campaign: Campaign, path: str) -> list[Arm]:
     """The arms of a campaign.json to resume, checked first: a hand-edited file gets one error line."""
     where = f"{Path(path) / 'campaign.json'}"
-    stored, schedule, seeds = campaign["arms"], campaign["schedule"], campaign.get("seeds")
+    stored, schedule, seeds = campaign.arms, campaign.schedule, campaign.seeds
     if not isinstance(stored, dict) or not stored:
         raise HarnessError(f"{where}: 'arms' must name at least one arm; cannot resume")
     for name, a in stored.items():

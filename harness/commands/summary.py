@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.record_md import cache_state, number_text, timing_markdown
+from harness.record_md import cache_state, number_text, or_blank, timing_markdown
 from harness.results import is_ok, load_campaign, load_runs
 
 
@@ -22,17 +22,17 @@ def print_summary(campaign_dir: str | Path, console=None) -> None:
     campaign = load_campaign(d)
     runs = load_runs(d)
     # Every cell and the title are Text, never markup: names, statuses and reasons come from files and runs.
-    table = Table(title=Text(f"{campaign['track']['name']} campaign {campaign['id']} ({campaign.get('status')})"))
+    table = Table(title=Text(f"{campaign.track['name']} campaign {campaign.id} ({campaign.status})"))
     for col, justify in (("run", "right"), ("arm", "left"), ("seed", "right"), ("status", "left"),
                          ("val loss", "right"), ("train time (s)", "right"), ("compile (s)", "right"),
                          ("wall (s)", "right"), ("reason", "left")):
         table.add_column(col, justify=justify)
     for r in runs:
-        status = Text(str(r.get("status")), style="green" if is_ok(r) else "red")
-        table.add_row(Text(str(r["index"])), Text(str(r.get("arm", ""))), Text(str(r.get("seed", ""))), status,
-                      Text(number_text(r.get("final_val_loss"), 4)), Text(number_text(r.get("train_time_s"), 3)),
-                      Text(f"{number_text(r.get('compile_warmup_s'), 1)} {cache_state(r)}"), Text(number_text(r.get("wall_s"), 1)),
-                      Text(str(r.get("reason") or "")))
+        status = Text(str(r.status), style="green" if is_ok(r) else "red")
+        table.add_row(Text(str(r.index)), Text(or_blank(r.arm)), Text(or_blank(r.seed)), status,
+                      Text(number_text(r.final_val_loss, 4)), Text(number_text(r.train_time_s, 3)),
+                      Text(f"{number_text(r.compile_warmup_s, 1)} {cache_state(r)}"), Text(number_text(r.wall_s, 1)),
+                      Text(str(r.reason or "")))
     console.print(table)
     # The block(s) and what follows them, record.md's timing sections: what a contributor pastes. Plain print,
     # never wrapped to the terminal width: the block must paste back as valid Python.
