@@ -254,7 +254,7 @@ def _end_run(proc: subprocess.Popen, tag: str) -> int:
 
 
 def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: str,
-                on_progress: Callable[[RunProgress], None] | None = None, telemetry: bool = True) -> dict:
+                on_progress: Callable[[RunProgress], None] | None = None, telemetry: bool = True) -> Run:
     """Run one arm once in run_dir; return the Run as run.json holds it (also written). KeyboardInterrupt propagates
     after every process of the run is ended and an 'interrupted' run.json is written; so does an OSError of
     a full disk (output.txt could not be written)."""
