@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import committed_files
+from conftest import REPO, committed_files
 from harness.fsio import write_json_atomic
 from harness.record_md import _runs_table_md
 from harness.results import (CAMPAIGN_FIELDS, KINDS, RUN, RUN_FIELDS, Campaign, Run, is_ok, kind_of, load_campaign,
@@ -65,3 +65,14 @@ def test_a_campaign_with_only_the_required_keys_reads_the_rest_as_none(tmp_path)
     assert campaign.id == "c" and campaign.status is None and campaign.created is None and campaign.seeds is None
     assert campaign.kind == ["not", "a", "name"] and kind_of(campaign) is KINDS[RUN]  # a kind not known: a run
     assert campaign.extra == {"x": 1}
+
+
+def test_no_committed_campaign_carries_the_competitions_code():
+    """A campaign that re-timed a record holds its code (`code/<arm>/`, the arm's own logs, compile warnings that
+    quote its kernels); those stay out of git: the project never carries the competition's code. The reference
+    scripts mark their local changes `[reference: ...]`, so a file quoting them is caught by that marker."""
+    files = committed_files("results/**/*")
+    assert files
+    assert not [f for f in files if f.relative_to(REPO).parts[3:4] == ("code",)]  # results/<track>/<id>/code/
+    quoting = [f for f in files if f.suffix in (".txt", ".py") and "[reference:" in f.read_text(errors="replace")]
+    assert not quoting, quoting
