@@ -73,12 +73,6 @@ def timing_lines(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> lis
     return lines
 
 
-def timing_markdown(campaign_dir: str | Path) -> str:
-    """The "Timing and Validation" part of a campaign's record.md: the block(s) a contributor pastes."""
-    d = Path(campaign_dir)
-    return "\n".join(timing_lines(d, load_campaign(d), load_runs(d))).strip()
-
-
 def _claim_block(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> list[str]:
     """The claim arm's record block, and under it the sequential line after --until-significant."""
     target, alpha = float(campaign.track["target"]), float(campaign.track["alpha"])

@@ -558,6 +558,7 @@ def test_export_only_takes_the_folders_of_the_keys_given(root, tmp_path):
     missing = tmp_path / "none.tar.xz"
     line = _one_error_line(run_cli("cache", "export", "--only", "ffffffff", "--out", missing, env=env))
     assert "--only ffffffff" in line and not missing.exists()
+    assert "--only " in _one_error_line(run_cli("cache", "export", "--only", "", "--out", missing, env=env))
 
 
 @pytest.mark.parametrize("text,value", [("15M", 15 * 2**20), ("15MiB", 15 * 2**20), ("500k", 500 * 1024),

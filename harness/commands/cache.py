@@ -68,7 +68,7 @@ def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache
     found = list_folders(root)
     if only:  # one archive per script: pick folders by key (a prefix of the name `cache list` prints)
         for key in only:
-            if not any(f.path.name.startswith(key) for f in found):
+            if not key or not any(f.path.name.startswith(key) for f in found):  # "" would match all
                 raise HarnessError(f"--only {key}: no cache folder under {root} has that key "
                                    f"(`speedrun cache list` names them)")
         found = [f for f in found if any(f.path.name.startswith(key) for key in only)]

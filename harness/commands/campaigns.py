@@ -17,9 +17,9 @@ EXIT_CLAIM_FAILED = 4  # every run finished, but the verdict is FAIL
 def finish_campaign(campaign_dir: Path) -> int:
     """Print the campaign's summary and, last, its verdict line; the exit status of every campaign command:
     3 if some runs failed, else 4 if the verdict is FAIL, else 0."""
-    print_summary(campaign_dir)
-    runs = load_runs(campaign_dir)
-    passed, line = verdict(load_campaign(campaign_dir), runs)
+    campaign, runs = load_campaign(campaign_dir), load_runs(campaign_dir)
+    print_summary(campaign_dir, campaign, runs)
+    passed, line = verdict(campaign, runs)
     print(line, flush=True)
     if any(r.status != OK for r in runs):
         return EXIT_SOME_RUNS_FAILED

@@ -16,6 +16,7 @@ def cmd_report(campaign_dir: str) -> int:
     with campaign_lock(campaign_dir):  # record.md and plots are rewritten: not beside a running campaign
         remove_stale_tmp(campaign_dir)
         write_record(campaign_dir)
-    print_summary(campaign_dir)
-    print(verdict(load_campaign(campaign_dir), load_runs(campaign_dir))[1])  # the same last line as the campaign's
+    campaign, runs = load_campaign(campaign_dir), load_runs(campaign_dir)
+    print_summary(campaign_dir, campaign, runs)
+    print(verdict(campaign, runs)[1])  # the same last line as the campaign's
     return 0

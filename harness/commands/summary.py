@@ -8,19 +8,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.record_md import cache_state, number_text, or_blank, timing_markdown
-from harness.results import is_ok, load_campaign, load_runs
+from harness.record_md import cache_state, number_text, or_blank, timing_lines
+from harness.results import Campaign, Run, is_ok
 
 
-def print_summary(campaign_dir: str | Path, console=None) -> None:
-    """The end-of-campaign table and the block, on the console."""
+def print_summary(campaign_dir: str | Path, campaign: Campaign, runs: list[Run], console=None) -> None:
+    """The end-of-campaign table and the block, on the console, from the campaign and runs the caller loaded."""
     if console is None:
         console = Console()
         if not console.is_terminal:
             console.width = max(console.width, 120)  # piped into a file or CI log: no column cut to "compi…"
     d = Path(campaign_dir)
-    campaign = load_campaign(d)
-    runs = load_runs(d)
     # Every cell and the title are Text, never markup: names, statuses and reasons come from files and runs.
     table = Table(title=Text(f"{campaign.track['name']} campaign {campaign.id} ({campaign.status})"))
     for col, justify in (("run", "right"), ("arm", "left"), ("seed", "right"), ("status", "left"),
@@ -37,5 +35,5 @@ def print_summary(campaign_dir: str | Path, console=None) -> None:
     # The block(s) and what follows them, record.md's timing sections: what a contributor pastes. Plain print,
     # never wrapped to the terminal width: the block must paste back as valid Python.
     console.file.flush()
-    print(timing_markdown(d))
+    print("\n".join(timing_lines(d, campaign, runs)).strip())
     print(f"\nresults: {d}  (record.md there)")
