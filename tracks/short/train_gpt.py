@@ -70,12 +70,12 @@ class Hyperparameters:
     data_path: str = "."  # DATA_PATH: the folder that holds data/fineweb10B/ (the competition's layout)
     seed: int = 0
     num_iterations: int = 1535  # scheduled steps; every schedule below is a fraction of these
-    extension_iterations: int = 40  # extra steps at the final learning rate with the extended long window
+    extension_iterations: int = 40  # extra steps at the final learning rate with the extension stage's windows
     val_tokens: int = 10_485_760
     val_every: int = 250
-    train_seq_len: int = 2048  # one row of a training micro-batch; rows start at a document start
-    val_seq_len: int = 4096  # validation rows are longer: the final long window (20 blocks) exceeds 2048
-    val_rows: int = 8  # rows per validation micro-batch per GPU
+    train_seq_len: int = 2048  # longest document piece of a training micro-batch (a longer document is cut)
+    val_seq_len: int = 4096  # validation: one packed row of val_rows * val_seq_len stream tokens per GPU and
+    val_rows: int = 64  # micro-step (262144, as the record's validation batch of 8 x 262144 tokens)
     total_accumulation: int = 8  # world_size * grad_accum_steps
     # optimizer
     batch_divisor: int = 1  # SPEEDRUN_TINY smoke mode divides every batch by 256
@@ -87,13 +87,15 @@ class Hyperparameters:
     triton: bool = True
     grad_stats: bool = False
     muon_lr: float = 0.023
+    muon_weight_decay: float = 1.2  # cautious; multiplied by the scheduled Muon lr and the matrix's own lr
+    muon_beta2: float = 0.95  # NorMuon: EMA of the per-row (per-hidden-unit) mean square of the update
     muon_momentum_start: float = 0.85
     muon_momentum_end: float = 0.95
-    muon_momentum_warmup_frac: float = 300 / 1535
-    head_lr: float = 0.008
-    embed_lr: float = 0.3
-    scalar_lr: float = 0.04
-    cooldown_frac: float = 0.5  # linear decay over the last half of the scheduled steps
+    muon_momentum_warmup_steps: int = 300  # of 1535: scaled with num_iterations
+    muon_momentum_cooldown_steps: int = 50  # the last 50 of all 1575 steps (scaled): back down to 0.85
+    adam_lr: float = 0.008  # base Adam lr; each parameter group has its multiple (build_optimizers)
+    adam_weight_decay: float = 0.005  # cautious; each group has its multiple
+    cooldown_frac: float = 0.55  # linear decay over the last 55 % of the scheduled steps
     final_lr_frac: float = 0.1
 
 
@@ -133,12 +135,16 @@ class ModelConfig:
     head_dim: int = 128
     mlp_ratio: int = 4
     no_attention_layers: tuple = (6,)  # 0-based index 6, the seventh layer: MLP only
-    long_window_layers: tuple = (3, 7, 10)  # long sliding window + partial key offset; the rest use the short one
-    paired_head_layers: tuple = (0, 2, 4, 8)  # paired-head attention (short-window layers)
-    value_embed_layers: tuple = (0, 1, 2, 9, 10)  # layer -> table i of the fused 5-table parameter
-    bigram_buckets: int = 5 * 50304  # hashed (previous, current) token pairs
-    logit_softcap: float = 15.0
-    attn_scale: float = 0.12  # with QK-norm the usual 1/sqrt(128) is too small
+    long_window_layers: tuple = (3, 10)  # long sliding window + partial key offset; the rest use the short one
+    paired_head_layers: tuple = (0, 2, 5, 9)  # paired-head attention (short-window layers)
+    value_embed_layers: tuple = (0, 1, 8, 9, 10)  # layer -> table i of the fused 5-table parameter
+    skip_from: int = 3  # one gated skip: the output of layer 3 joins the input of layer 6
+    skip_to: int = 6
+    backout_layer: int = 7  # the output of layer 7, times a learned gain, is subtracted before the head
+    gate_dims: int = 12  # the attention, value-embedding, smear and skip gates read the first 12 dims
+    bigram_buckets: int = 5 * 50304  # hashed (previous, current) token pairs; the last bucket is position 0's
+    softcap: tuple = (23.0, 5.0, 7.5)  # logits -> A * sigmoid((logits + B) / C)
+    attn_scale: float = 0.1  # softmax scale before YaRN (QK-norm makes 1/sqrt(128) too small)
     use_fp8_head: bool = True  # CUDA only; the CPU tests turn it off
     use_triton: bool = True
 
@@ -146,60 +152,99 @@ class ModelConfig:
 def tiny_model_config() -> ModelConfig:
     return ModelConfig(num_layers=4, model_dim=64, num_heads=2, head_dim=32, no_attention_layers=(2,),
                        long_window_layers=(3,), paired_head_layers=(0,), value_embed_layers=(0, 3),
-                       bigram_buckets=1024)
+                       skip_from=1, skip_to=2, backout_layer=2, bigram_buckets=1024)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Training schedule: each stage is one compiled graph (batch shape, MTP targets, tied head) plus window sizes.
+# Training schedule (the record's): three stages of a third of the scheduled steps each, then the extension.
+# A stage is one compiled graph (tokens per micro-batch, number of MTP targets) plus its windows.
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    end_frac: float  # the stage covers scheduled steps with step/num_iterations < end_frac
+    duration: float  # fraction of the scheduled steps (the extension: the extension steps)
     batch_tokens: int  # tokens per optimizer step across all GPUs and accumulation steps
     windows: tuple  # (short, long) sliding windows in 128-token blocks
-    mtp_weights: tuple  # loss weights of predicting the next 1, 2, 3 tokens
-    tied_head: bool  # embedding shares the lm_head weight until 2/3 of training
+    lr_mul: float  # learning-rate multiple of the stage (batch ramp: about (batch / 131072) ** 0.5..0.6)
+    mtp_start: tuple  # loss weights of the next 1, 2, 3 tokens at the stage's first step ...
+    mtp_end: tuple  # ... and at its end, linear in between
 
 
-# The window ramp (1,3)->(3,7)->(5,11)->(6,13) has four steps and the batch ramp three; the batch changes exactly
-# when the window changes (seed 003), at 1/3 and 2/3. The last window step comes at 5/6 (our choice: the records
-# do not say). Multi-token prediction is used in the first two thirds only, with decaying weights (our choice).
 STAGES = (
-    Stage("s0", 1 / 3, 131072, (1, 3), (1.0, 0.5, 0.25), True),
-    Stage("s1", 2 / 3, 262144, (3, 7), (1.0, 0.5), True),
-    Stage("s2", 5 / 6, 393216, (5, 11), (1.0,), False),
-    Stage("s3", 1.0, 393216, (6, 13), (1.0,), False),
+    Stage("s0", 1 / 3, 131072, (1, 3), 1.0, (1.0, 0.5, 0.25), (1.0, 0.5, 0.0)),
+    Stage("s1", 1 / 3, 262144, (3, 7), 1.52, (1.0, 0.5), (1.0, 0.0)),
+    Stage("s2", 1 / 3, 393216, (5, 11), 1.73, (1.0,), (1.0,)),
 )
-# After the scheduled steps the long window is extended to 20 blocks (YaRN-rescaled) for the extension steps and
-# the final validation.
-EXTENSION = Stage("ext", math.inf, 393216, (6, 20), (1.0,), False)
+# The extension steps run at the final lr (its lr_mul is never used: the cooldown has ended) with the windows
+# (6, 13); the final validation then widens the long window to 20 blocks without a further YaRN rescale.
+EXTENSION = Stage("ext", 0.0, 393216, (6, 13), 1.0, (1.0,), (1.0,))
+FINAL_VALIDATION_WINDOWS = (6, 20)
+
+
+def stage_bounds(hp: Hyperparameters) -> list[tuple[Stage, int, int]]:
+    """(stage, first step, end step) of every stage: boundaries at round(n/3) and round(2n/3)."""
+    ends, acc = [0], 0.0
+    for stage in STAGES:
+        acc += stage.duration
+        ends.append(round(acc * hp.num_iterations))
+    ends[-1] = hp.num_iterations
+    bounds = [(st, a, b) for st, a, b in zip(STAGES, ends, ends[1:])]
+    bounds.append((EXTENSION, hp.num_iterations, hp.num_iterations + hp.extension_iterations))
+    return bounds
+
+
+def stage_position(step: int, hp: Hyperparameters) -> tuple[Stage, float]:
+    """The stage of `step` and how far through it the step is (0 at its first step); past the end: (ext, 1)."""
+    for stage, start, end in stage_bounds(hp):
+        if step < end:
+            return stage, (step - start) / (end - start)
+    return EXTENSION, 1.0
 
 
 def stage_at(step: int, hp: Hyperparameters) -> Stage:
-    if step >= hp.num_iterations:
-        return EXTENSION
-    frac = step / hp.num_iterations
-    for stage in STAGES:
-        if frac < stage.end_frac:
-            return stage
-    return STAGES[-1]
+    return stage_position(step, hp)[0]
+
+
+def split_step(hp: Hyperparameters) -> int:
+    """The embedding unties from the head after the optimizer step of this step: the first step of s2, made odd
+    (an Adam step, so the tied pair gets its last joint update there)."""
+    return stage_bounds(hp)[2][1] | 1
+
+
+def mtp_weights(step: int, hp: Hyperparameters) -> tuple:
+    stage, t = stage_position(step, hp)
+    return tuple(a + (b - a) * t for a, b in zip(stage.mtp_start, stage.mtp_end))
+
+
+def is_adam_step(step: int) -> bool:
+    """Adam runs on odd steps only, on the gradients of two steps (the record's: half the Adam work)."""
+    return step % 2 == 1
 
 
 def lr_multiplier(step: int, hp: Hyperparameters) -> float:
-    """1.0, then a linear decay over the last cooldown_frac of the scheduled steps to final_lr_frac; held after."""
-    frac = min(step / hp.num_iterations, 1.0)
-    if frac < 1 - hp.cooldown_frac:
-        return 1.0
-    w = (1 - frac) / hp.cooldown_frac
-    return w * 1.0 + (1 - w) * hp.final_lr_frac
+    """The stage's lr_mul, then a linear blend towards final_lr_frac over the last cooldown_frac of the
+    scheduled steps; final_lr_frac during the extension."""
+    lr = stage_at(step, hp).lr_mul
+    start = int(hp.num_iterations * (1 - hp.cooldown_frac))
+    if step >= start:
+        t = min(1.0, (step - start) / (hp.num_iterations - start))
+        lr = lr * (1 - t) + hp.final_lr_frac * t
+    return lr
 
 
 def muon_momentum(step: int, hp: Hyperparameters) -> float:
-    warm = max(1, round(hp.muon_momentum_warmup_frac * hp.num_iterations))
-    w = min(step / warm, 1.0)
-    return (1 - w) * hp.muon_momentum_start + w * hp.muon_momentum_end
+    """0.85 -> 0.95 over the warm-up steps, 0.95, then back to 0.85 over the last cooldown steps of the run."""
+    scale = hp.num_iterations / 1535
+    warm = max(1, round(hp.muon_momentum_warmup_steps * scale))
+    cool = max(1, round(hp.muon_momentum_cooldown_steps * scale))
+    lo, hi = hp.muon_momentum_start, hp.muon_momentum_end
+    cool_start = hp.num_iterations + hp.extension_iterations - cool
+    if step < warm:
+        return lo + (hi - lo) * step / warm
+    if step > cool_start:
+        return hi - (hi - lo) * (step - cool_start) / cool
+    return hi
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,21 +267,23 @@ def read_shard(path) -> np.ndarray:
     return np.fromfile(path, dtype="<u2", count=n, offset=HEADER_INTS * 4)
 
 
-class BosRowLoader:
-    """Rows of seq_len+1 tokens, each starting at a document start (BOS).
+class DocPackLoader:
+    """Training micro-batches as one packed row of whole-document pieces (the record's BOS-aligned batches).
 
-    A row takes the tokens from a BOS onward; a document longer than the row is cut (its rest is skipped), and
-    the next row starts at the first BOS after the row. A micro-batch of the whole job is world_size * rows
-    consecutive rows; rank r takes rows [r*rows, (r+1)*rows). So the data of one optimizer step is the same for
-    8 GPUs x 1 accumulation step and 1 GPU x 8 accumulation steps. With cycle=True the loader starts over at the
-    first shard when the shards run out (small proxy data), and says so.
+    A micro-batch of one rank is exactly `tokens` inputs (and the same tokens shifted by one as targets): pieces
+    that each start at a BOS and run to the next BOS, cut at max_piece tokens (the rest of a long document is
+    skipped) and, for the last piece, cut where the micro-batch is full. Documents follow each other without
+    gaps otherwise. Rank r takes the r-th of world_size consecutive micro-batches, so the data of one optimizer
+    step is the same for 8 GPUs x 1 accumulation step and 1 GPU x 8. At a shard's end the micro-batch starts
+    over in the next shard (the tail is dropped); with cycle=True the loader starts over at the first shard and
+    says so.
     """
 
-    def __init__(self, files, seq_len: int, rank: int = 0, world_size: int = 1, cycle: bool = False):
+    def __init__(self, files, max_piece: int, rank: int = 0, world_size: int = 1, cycle: bool = False):
         if not files:
             raise ValueError("no shards given")
         self.files = [str(f) for f in files]
-        self.seq_len = seq_len
+        self.max_piece = max_piece
         self.rank, self.world_size, self.cycle = rank, world_size, cycle
         self.epoch = 0
         self._open(0)
@@ -245,32 +292,71 @@ class BosRowLoader:
         self.file_index = index
         self.tokens = read_shard(self.files[index])
         self.bos = np.flatnonzero(self.tokens == BOS_ID)
-        self.cursor = 0  # next row starts at the first BOS >= cursor
+        self.next_doc = 0  # index into self.bos of the next piece's document
 
-    def _next_start(self) -> int:
+    def _next_shard(self):
+        nxt = self.file_index + 1
+        if nxt == len(self.files):
+            if not self.cycle:
+                raise StopIteration(f"data exhausted after {len(self.files)} shard(s)")
+            self.epoch += 1
+            if self.rank == 0:  # every rank reads the same files; one line in the log
+                print(f"data: train shards exhausted, starting epoch {self.epoch + 1}", flush=True)
+            nxt = 0
+        self._open(nxt)
+
+    def _pieces(self, tokens: int):
+        """(start, end) pieces of one micro-batch of `tokens` + 1 tokens, or None at the shard's end."""
+        pieces, have, doc = [], 0, self.next_doc
+        while have <= tokens:
+            if doc >= len(self.bos):
+                return None
+            start = int(self.bos[doc])
+            doc_end = int(self.bos[doc + 1]) if doc + 1 < len(self.bos) else len(self.tokens)
+            end = min(doc_end, start + self.max_piece, start + tokens + 1 - have)
+            pieces.append((start, end))
+            have += end - start
+            doc += 1
+        self.next_doc = doc
+        return pieces
+
+    def next_batch(self, tokens: int):
+        """(inputs, targets) int64 tensors of shape (1, tokens) for this rank (CPU)."""
         while True:
-            i = np.searchsorted(self.bos, self.cursor)
-            if i < len(self.bos) and self.bos[i] + self.seq_len + 1 <= len(self.tokens):
-                start = int(self.bos[i])
-                self.cursor = start + self.seq_len
-                return start
-            nxt = self.file_index + 1
-            if nxt == len(self.files):
-                if not self.cycle:
-                    raise StopIteration(f"data exhausted after {len(self.files)} shard(s)")
-                self.epoch += 1
-                if self.rank == 0:  # every rank reads the same files; one line in the log
-                    print(f"data: train shards exhausted, starting epoch {self.epoch + 1}", flush=True)
-                nxt = 0
-            self._open(nxt)
-
-    def next_batch(self, rows: int):
-        """(inputs, targets) int64 tensors of shape (rows, seq_len) for this rank (CPU)."""
-        starts = [self._next_start() for _ in range(rows * self.world_size)]
-        mine = starts[self.rank * rows:(self.rank + 1) * rows]
-        buf = np.stack([self.tokens[s:s + self.seq_len + 1] for s in mine]).astype(np.int64)
-        t = torch.from_numpy(buf)
+            first_doc = self.next_doc
+            batches = [self._pieces(tokens) for _ in range(self.world_size)]
+            if all(b is not None for b in batches):
+                break
+            self.next_doc = first_doc
+            self._next_shard()
+        buf = np.concatenate([self.tokens[a:b] for a, b in batches[self.rank]]).astype(np.int64)
+        t = torch.from_numpy(buf)[None]
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
+class ValStream:
+    """Validation micro-batches: the contiguous token stream of the val shards (no alignment, nothing skipped),
+    `tokens` per rank and micro-step, rank r taking the r-th consecutive chunk. Documents inside a chunk are
+    separated by the attention's document mask (a BOS opens a document), as in the record's validation."""
+
+    def __init__(self, files, rank: int = 0, world_size: int = 1):
+        if not files:
+            raise ValueError("no shards given")
+        self.files = [str(f) for f in files]
+        self.rank, self.world_size = rank, world_size
+        self.file_index, self.tokens, self.pos = 0, read_shard(self.files[0]), 0
+
+    def next_batch(self, tokens: int):
+        step = tokens * self.world_size
+        if self.pos + step + 1 >= len(self.tokens):
+            self.file_index += 1
+            if self.file_index == len(self.files):
+                raise StopIteration(f"validation data exhausted after {len(self.files)} shard(s)")
+            self.tokens, self.pos = read_shard(self.files[self.file_index]), 0
+        start = self.pos + self.rank * tokens
+        buf = torch.from_numpy(self.tokens[start:start + tokens + 1].astype(np.int64))[None]
+        self.pos += step
+        return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
 
 def shard_folder(data_path: str) -> str:
@@ -291,16 +377,18 @@ def find_shards(folder: str, split: str) -> list[str]:
 
 
 def document_ids(inputs: torch.Tensor) -> torch.Tensor:
-    """Per-row document index (0, 1, ...) of each token: rows start at a BOS, each BOS opens a document."""
+    """Per-row document index (0, 1, ...) of each token: each BOS opens a document."""
     return (inputs == BOS_ID).cumsum(dim=1, dtype=torch.int32)
 
 
-def sliding_window_block_mask(docs: torch.Tensor, window_tokens: torch.Tensor, paired: bool) -> BlockMask:
-    """BlockMask for causal attention within a document and within `window_tokens` positions.
+def sliding_window_block_mask(docs: torch.Tensor, window: torch.Tensor, paired: bool) -> BlockMask:
+    """BlockMask for causal attention within a document over the last `window` positions (key position
+    q - window .. q, as FlashAttention's window_size=(window, 0)).
 
-    paired=True is the mask of paired-head attention: the sequence is 2T long and position p holds token p // 2
-    (two heads of a pair side by side), so a query sees both heads' keys at every allowed token.
-    Blocks are classified from the first/last token and document of each 128-position block: skipped
+    paired=True is the mask of paired-head attention: the sequence is 2T long, position p holds token p // 2
+    (the two heads of a pair side by side), causality and the window count positions of that sequence (so the
+    window covers window / 2 tokens, and the second head of a token sees the first, not the reverse).
+    Blocks are classified from the first/last position and document of each 128-position block: skipped
     (nothing allowed), full (everything allowed, no mask_mod call) or partial (mask_mod decides per element).
     The window is a tensor so that changing it does not recompile the model.
     """
@@ -309,16 +397,15 @@ def sliding_window_block_mask(docs: torch.Tensor, window_tokens: torch.Tensor, p
     assert L % BLOCK == 0, f"sequence length {L} must be a multiple of {BLOCK}"
     pos = torch.arange(L, device=docs.device)
     tok = pos // 2 if paired else pos
-    first_tok = tok[::BLOCK]  # (nb,)
-    last_tok = tok[BLOCK - 1::BLOCK]
-    doc_first = docs[:, first_tok]  # (B, nb); documents never decrease along a row
-    doc_last = docs[:, last_tok]
-    q_first, q_last = first_tok[:, None], last_tok[:, None]  # query blocks along dim 0
-    k_first, k_last = first_tok[None, :], last_tok[None, :]  # key blocks along dim 1
+    first, last = pos[::BLOCK], pos[BLOCK - 1::BLOCK]  # (nb,)
+    doc_first = docs[:, tok[::BLOCK]]  # (B, nb); documents never decrease along a row
+    doc_last = docs[:, tok[BLOCK - 1::BLOCK]]
+    q_first, q_last = first[:, None], last[:, None]  # query blocks along dim 0
+    k_first, k_last = first[None, :], last[None, :]  # key blocks along dim 1
     any_causal = k_first <= q_last
-    any_window = (q_first - k_last) < window_tokens
+    any_window = (q_first - k_last) <= window
     all_causal = k_last <= q_first
-    all_window = (q_last - k_first) < window_tokens
+    all_window = (q_last - k_first) <= window
     dq_first, dq_last = doc_first[:, :, None], doc_last[:, :, None]
     dk_first, dk_last = doc_first[:, None, :], doc_last[:, None, :]
     any_doc = (dk_last >= dq_first) & (dk_first <= dq_last)
@@ -339,7 +426,7 @@ def sliding_window_block_mask(docs: torch.Tensor, window_tokens: torch.Tensor, p
     def mask_mod(b, h, q_idx, kv_idx):
         qt = q_idx // 2 if paired else q_idx
         kt = kv_idx // 2 if paired else kv_idx
-        return (kt <= qt) & (qt - kt < window_tokens) & (docs[b, qt] == docs[b, kt])
+        return (kv_idx <= q_idx) & (q_idx - kv_idx <= window) & (docs[b, qt] == docs[b, kt])
 
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod)
 
@@ -363,21 +450,23 @@ def norm(x: torch.Tensor) -> torch.Tensor:
 class Rotary(nn.Module):
     """Rotary embedding on half the frequencies; the other half of each head (dims 32-64, 96-128) is stationary.
 
-    apply_yarn() rescales the frequencies when the attention window grows (YaRN): dimensions that complete many
-    turns within the old window keep their frequency, slow ones are interpolated by old/new, and the attention
-    temperature rises by 0.1*ln(new/old)+1.
+    Positions are those of the packed row (attention is relative, so a document's offset in the row does not
+    matter). In paired-head layers head h of token t sits at position 2t + h % 2 (the record's layout).
+    apply_yarn() rescales the frequencies when the long window grows (YaRN, applied to every layer): dimensions
+    that complete many turns within the old window keep their frequency, slow ones are interpolated by old/new,
+    and the attention temperature rises by 0.2*ln(new/old)+1.
     """
 
     def __init__(self, head_dim: int, max_len: int):
         super().__init__()
-        self.max_len = max_len
+        self.max_len = 2 * max_len  # paired layers use positions up to 2T
         quarter = head_dim // 4
         freq = (1 / 1024) ** torch.linspace(0, 1, quarter, dtype=torch.float32)
         self.register_buffer("base_freq", torch.cat([freq, freq.new_zeros(quarter)]), persistent=False)
         self.register_buffer("freq", self.base_freq.clone(), persistent=False)
         self.register_buffer("mscale", torch.ones((), dtype=torch.float32), persistent=False)
-        self.register_buffer("cos", torch.empty(max_len, head_dim // 2), persistent=False)
-        self.register_buffer("sin", torch.empty(max_len, head_dim // 2), persistent=False)
+        self.register_buffer("cos", torch.empty(self.max_len, head_dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(self.max_len, head_dim // 2), persistent=False)
         self._refresh()
 
     @torch.no_grad()
@@ -402,15 +491,25 @@ class Rotary(nn.Module):
         turns = old_tokens * self.freq / (2 * math.pi)  # how many full turns fit in the old window
         keep = ((turns - alpha) / (beta - alpha)).clamp(0, 1)
         self.freq.mul_(keep + (1 - keep) / s)
-        self.mscale.mul_(0.1 * math.log(s) + 1)
+        self.mscale.mul_(0.2 * math.log(s) + 1)
         self._refresh()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H, D)
-        T = x.size(1)
-        cos = self.cos[None, :T, None, :].to(x.dtype)
-        sin = self.sin[None, :T, None, :].to(x.dtype)
+    def forward(self, x: torch.Tensor, paired: bool = False) -> torch.Tensor:  # x: (B, T, H, D)
+        T, H = x.size(1), x.size(2)
+        if paired:
+            parity = torch.arange(H, device=x.device) % 2
+            cos = self.cos[:2 * T].view(T, 2, -1)[:, parity][None].to(x.dtype)  # (1, T, H, D/2)
+            sin = self.sin[:2 * T].view(T, 2, -1)[:, parity][None].to(x.dtype)
+        else:
+            cos = self.cos[None, :T, None, :].to(x.dtype)
+            sin = self.sin[None, :T, None, :].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+def gate(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sigmoid of a linear map of the first few dims of x (w: (outputs, dims)): (..., outputs)."""
+    return torch.sigmoid(F.linear(x[..., :w.size(-1)], w.to(x.dtype)))
 
 
 class Attention(nn.Module):
@@ -418,39 +517,41 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg, self.long_window, self.paired = cfg, long_window, paired
         dim, hd = cfg.model_dim, cfg.num_heads * cfg.head_dim
-        bound = math.sqrt(3) * 0.5 * dim ** -0.5
+        bound = math.sqrt(3) * dim ** -0.5  # uniform with std dim^-0.5
         self.qkv_w = nn.Parameter(torch.empty(3 * hd, dim, dtype=torch.bfloat16).uniform_(-bound, bound))
         self.qkv_w.muon_parts = 3  # Muon orthogonalizes q, k and v separately
         self.o_w = nn.Parameter(torch.zeros(dim, hd, dtype=torch.bfloat16))
 
-    def forward(self, x, ve, ve_lambda, mask: BlockMask, rotary: Rotary):
+    def forward(self, x, ve, ve_gate_w, attn_gate_w, sa_lambdas, mask: BlockMask, rotary: Rotary):
+        """x: the normed block input. Gates read its first dims: the value-embedding gate 2*sigmoid per head
+        (1 at init), the output gate sigmoid per head (1/2 at init)."""
         B, T, _ = x.shape
         H, D = self.cfg.num_heads, self.cfg.head_dim
-        q, k, v = F.linear(x, self.qkv_w).view(B, T, 3, H, D).unbind(dim=2)
+        q, k, v = F.linear(x, sa_lambdas[0].to(x.dtype) * self.qkv_w).view(B, T, 3, H, D).unbind(dim=2)
         q, k = norm(q), norm(k)
-        q, k = rotary(q), rotary(k)
+        q, k = rotary(q, self.paired), rotary(k, self.paired)
         if self.long_window:
-            # Partial key offset (seed 003): the stationary dims of each key carry the previous token's key, so a
-            # query can match "the token after X" in one layer (induction).
+            # Partial key offset: the stationary dims of each key carry the previous token's key, so a query can
+            # match "the token after X" in one layer (induction).
             q4, h2 = D // 4, D // 2
             k = torch.cat([k[:, :, :, :q4],
                            torch.cat([k[:, :1, :, q4:h2], k[:, :-1, :, q4:h2]], dim=1),
                            k[:, :, :, h2:h2 + q4],
                            torch.cat([k[:, :1, :, h2 + q4:], k[:, :-1, :, h2 + q4:]], dim=1)], dim=-1)
         if ve is not None:
-            v = v + ve_lambda * ve.view(B, T, H, D)
+            v = v + 2 * gate(x, ve_gate_w)[..., None] * ve.view(B, T, H, D)
         q = q * (self.cfg.attn_scale * rotary.mscale).to(q.dtype)
         if self.paired:
-            # (B, T, H, D) -> (B, 2T, H/2, D): the two heads of a pair become neighbouring positions, so each
-            # query attends over both heads' keys and values.
+            # (B, T, H, D) -> (B, 2T, H/2, D): heads h and h + H/2 of a token become neighbouring positions, so
+            # each query attends over both heads' keys and values.
             q, k, v = (t.reshape(B, 2 * T, H // 2, D) for t in (q, k, v))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if q.is_cuda:
             y = flex_attention(q, k, v, block_mask=mask, scale=1.0)
         else:  # CPU smoke runs and tests: FlexAttention has no CPU backward, so use the same mask densely
             y = dense_attention(q, k, v, mask)
-        y = y.transpose(1, 2).reshape(B, T, H * D)
-        return F.linear(y, self.o_w)
+        y = y.transpose(1, 2).reshape(B, T, H, D) * gate(x, attn_gate_w)[..., None]
+        return F.linear(y.reshape(B, T, H * D), sa_lambdas[1].to(x.dtype) * self.o_w)
 
 
 class MLP(nn.Module):
@@ -460,87 +561,101 @@ class MLP(nn.Module):
         bound = math.sqrt(3) * 0.5 * dim ** -0.5
         self.fc_w = nn.Parameter(torch.empty(hidden, dim, dtype=torch.bfloat16).uniform_(-bound, bound))
         self.proj_w = nn.Parameter(torch.zeros(dim, hidden, dtype=torch.bfloat16))
+        self.proj_w.muon_lr_mul = 2.0  # the output projection learns at twice the rate of fc (the record's)
 
     def forward(self, x):
         return F.linear(F.relu(F.linear(x, self.fc_w)).square(), self.proj_w)
 
 
-class FP8Head(torch.autograd.Function):
-    """logits = x @ w^T with x and w in float8 e4m3 (per-tensor scales from their max), bf16 output.
+# Fixed FP8 scales of the head (the record's): |x| <= 100 (rms-normed activations), |w| <= 1.6, and the
+# gradient of the summed loss (times the gradient scale) <= 0.75. Values beyond are clamped to the format's max.
+FP8_X_SCALE = 100 / 448
+FP8_W_SCALE = 1.6 / 448
+FP8_GRAD_SCALE = 0.75 / 448
+E4M3_MAX, E5M2_MAX = 448.0, 57344.0
 
-    Backward: grad_x in FP8 (grad in e5m2 times w in e4m3); grad_w in bf16, the precision the Adam update of the
-    tied embedding/head needs (our choice: the records also do grad_w in FP8 with fixed scales).
-    """
+
+class FP8Head(torch.autograd.Function):
+    """logits = x @ w^T with x and w in float8 e4m3 at fixed scales, bf16 output. Backward: grad_x and grad_w
+    from the gradient in e5m2 (fixed scale grad_scale * 0.75/448); grad_w accumulates in float32."""
 
     @staticmethod
-    def forward(ctx, x, w):
-        x_scale = (x.abs().amax().float() / 448.0).clamp(min=1e-12)
-        w_scale = (w.abs().amax().float() / 448.0).clamp(min=1e-12)
-        x8 = (x / x_scale).to(torch.float8_e4m3fn)
-        w8 = (w / w_scale).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
-        ctx.save_for_backward(x, w8, w_scale)
+    def forward(ctx, x, w, grad_scale: float = 1.0):
+        x8 = (x / FP8_X_SCALE).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        w8 = (w / FP8_W_SCALE).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        one = torch.ones((), device=x.device, dtype=torch.float32)
+        out = torch._scaled_mm(x8, w8.t(), scale_a=one * FP8_X_SCALE, scale_b=one * FP8_W_SCALE,
+                               out_dtype=torch.bfloat16, use_fast_accum=True)
+        ctx.save_for_backward(x8, w8)
+        ctx.g_scale = FP8_GRAD_SCALE * grad_scale
         ctx.w_dtype = w.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, w8, w_scale = ctx.saved_tensors
-        grad = grad.contiguous()
-        g_scale = (grad.abs().amax().float() / 57344.0).clamp(min=1e-12)
-        g8 = (grad / g_scale).to(torch.float8_e5m2)
-        grad_x = torch._scaled_mm(g8, w8.t().contiguous().t(), scale_a=g_scale, scale_b=w_scale,
+        x8, w8 = ctx.saved_tensors
+        g8 = (grad / ctx.g_scale).clamp(-E5M2_MAX, E5M2_MAX).to(torch.float8_e5m2)
+        one = torch.ones((), device=grad.device, dtype=torch.float32)
+        grad_x = torch._scaled_mm(g8, w8.t().contiguous().t(), scale_a=one * ctx.g_scale, scale_b=one * FP8_W_SCALE,
                                   out_dtype=torch.bfloat16)
-        grad_w = (grad.t().to(torch.bfloat16) @ x.to(torch.bfloat16)).to(ctx.w_dtype)
-        return grad_x, grad_w
+        grad_w = torch._scaled_mm(g8.t().contiguous(), x8.t().contiguous().t(), scale_a=one * ctx.g_scale,
+                                  scale_b=one * FP8_X_SCALE, out_dtype=torch.float32)
+        return grad_x, grad_w.to(ctx.w_dtype), None
+
+
+def softcap(logits: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    a, b, c = cfg.softcap
+    return a * torch.sigmoid((logits.float() + b) / c)
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096):
         super().__init__()
         self.cfg = cfg
-        V, dim = cfg.vocab_size, cfg.model_dim
-        # lm_head and embedding are one tensor for the first 2/3 of training (tied), then split (split_embed).
+        V, dim, L, H = cfg.vocab_size, cfg.model_dim, cfg.num_layers, cfg.num_heads
+        # lm_head and embedding: two tensors, the optimizer keeps them equal (one joint Adam update) until the
+        # split step, then they train apart (Adam.tied).
         self.lm_head_w = nn.Parameter(torch.randn(V, dim) * 0.005)
-        self.embed_w = nn.Parameter(torch.zeros(V, dim))
-        self.tied = True
+        self.embed_w = nn.Parameter(self.lm_head_w.detach().clone())
+        self.fp8_grad_scale = 1.0  # the loss's gradient scale (main sets 2 / grad_accum)
         n_ve = len(cfg.value_embed_layers)
-        self.value_embeds = nn.Parameter(torch.zeros(n_ve * V, dim))  # 5 tables fused, zero init (seed 003)
+        self.value_embeds = nn.Parameter(torch.zeros(n_ve * V, dim))  # 5 tables fused, zero init
         self.bigram_embed = nn.Parameter(torch.zeros(cfg.bigram_buckets, dim))
-        L = cfg.num_layers
         self.attn = nn.ModuleList([
             None if i in cfg.no_attention_layers else Attention(
                 cfg, i in cfg.long_window_layers, i in cfg.paired_head_layers)
             for i in range(L)])
         self.mlp = nn.ModuleList([MLP(cfg) for _ in range(L)])
-        self.rotary_short = Rotary(cfg.head_dim, max_seq_len)
-        self.rotary_long = Rotary(cfg.head_dim, max_seq_len)
-        # Scalars (Adam): residual mix x <- a*x + b*x0 per layer, U-net skip weights, value-embed and bigram gains
-        self.resid_lambdas = nn.Parameter(torch.tensor([[1.0, 0.0]] * L))
-        self.n_skip = L // 2
-        self.skip_weights = nn.Parameter(torch.ones(self.n_skip))
-        self.ve_lambdas = nn.Parameter(torch.full((n_ve,), 0.5))
-        self.bigram_lambda = nn.Parameter(torch.ones(1))
-
-    @torch.no_grad()
-    def split_embed(self):
-        """End of tying: the embedding starts from the current head weight and trains on its own."""
-        self.embed_w.copy_(self.lm_head_w)
-        self.tied = False
+        self.rotary = Rotary(cfg.head_dim, max_seq_len)
+        n_attn = sum(a is not None for a in self.attn)
+        self.attn_gates = nn.Parameter(torch.zeros(n_attn, H, cfg.gate_dims))  # zero: sigmoid 1/2
+        self.ve_gates = nn.Parameter(torch.zeros(n_ve, H, cfg.gate_dims))  # zero: 2*sigmoid = 1
+        self.smear_gate = nn.Parameter(torch.zeros(1, cfg.gate_dims))
+        self.skip_gate = nn.Parameter(torch.zeros(1, cfg.gate_dims))
+        # Scalars (Adam). Per layer: x <- resid*x + x0_lambda*x0 + bigram_lambda*bigram; sa: q/k/v and o gains
+        self.resid_lambdas = nn.Parameter(torch.full((L,), 1.1))
+        self.x0_lambdas = nn.Parameter(torch.zeros(L))
+        self.sa_lambdas = nn.Parameter(torch.tensor([[0.5, 1.0]] * L))
+        self.bigram_lambdas = nn.Parameter(torch.full((L,), 0.1))
+        self.smear_lambda = nn.Parameter(torch.zeros(1))
+        self.backout_lambda = nn.Parameter(torch.full((1,), 0.5))
+        self.skip_lambda = nn.Parameter(torch.full((1,), -1.5))  # sigmoid(-1.5) ~ 0.18
 
     @torch.no_grad()
     def set_windows(self, old: tuple, new: tuple):
-        self.rotary_short.apply_yarn(old[0], new[0])
-        self.rotary_long.apply_yarn(old[1], new[1])
+        self.rotary.apply_yarn(old[1], new[1])  # the long window's change rescales every layer's rotary
 
     @torch.no_grad()
     def reset_windows(self):
-        self.rotary_short.reset()
-        self.rotary_long.reset()
+        self.rotary.reset()
 
     def bigram_ids(self, inputs: torch.Tensor) -> torch.Tensor:
-        prev = torch.cat([torch.full_like(inputs[:, :1], BOS_ID), inputs[:, :-1]], dim=1)
-        return ((prev * 1_000_003) ^ (inputs * 7919)) % self.cfg.bigram_buckets
+        """Hash of (previous, current) token per position into buckets - 1 rows; position 0 of a row has no
+        previous token and gets the last bucket."""
+        mod = self.cfg.bigram_buckets - 1
+        cur, prev = inputs[:, 1:].long(), inputs[:, :-1].long()
+        rest = torch.bitwise_xor(36313 * cur, 27191 * prev) % mod
+        return torch.cat([torch.full_like(inputs[:, :1], mod), rest], dim=1)
 
     @staticmethod
     def block_masks(inputs: torch.Tensor, windows: torch.Tensor) -> tuple:
@@ -556,82 +671,134 @@ class GPT(nn.Module):
                 sliding_window_block_mask(docs, short_tokens, paired=True),
                 sliding_window_block_mask(docs, long_tokens, paired=False))
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, masks: tuple, mtp_weights: tuple):
-        """Mean loss over tokens (weighted sum of next-k-token losses). masks: block_masks(inputs, windows).
-        Returns (loss, next-token loss)."""
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, masks: tuple, mtp_weights: torch.Tensor):
+        """Training: (sum over tokens of the weighted next-k-token losses, mean next-token loss); mtp_weights is
+        a float tensor, one weight per predicted token. Evaluation: (mean next-token loss, the same)."""
         cfg = self.cfg
         B, T = inputs.shape
-        embed_w = self.lm_head_w if self.tied else self.embed_w
-        x = norm(F.embedding(inputs, embed_w).bfloat16())
-        x = x + self.bigram_lambda.bfloat16() * F.embedding(self.bigram_ids(inputs), self.bigram_embed).bfloat16()
-        x0 = x
+        x = F.embedding(inputs, self.embed_w).bfloat16()
+        # smear: each token's embedding takes a gated share of the previous one's
+        smear = self.smear_lambda.bfloat16() * gate(x[:, 1:], self.smear_gate)
+        x = torch.cat([x[:, :1], x[:, 1:] + smear * x[:, :-1]], dim=1)
+        x = x0 = norm(x)
+        bigram = F.embedding(self.bigram_ids(inputs), self.bigram_embed).bfloat16()
         V = cfg.vocab_size
         ve_all = self.value_embeds.view(len(cfg.value_embed_layers), V, -1)[:, inputs].bfloat16()
-        skips = []
+        resid, x0_l = self.resid_lambdas.bfloat16(), self.x0_lambdas.bfloat16()
+        big_l = self.bigram_lambdas.bfloat16()
+        skip = backout = None
+        attn_index = 0
         for i in range(cfg.num_layers):
-            if i >= cfg.num_layers - self.n_skip:
-                x = x + self.skip_weights[cfg.num_layers - 1 - i].bfloat16() * skips.pop()
-            lam = self.resid_lambdas[i].bfloat16()
-            x = (lam[0] + lam[1]) * x if i == 0 else lam[0] * x + lam[1] * x0
+            if i == cfg.skip_to:
+                weight = torch.sigmoid(self.skip_lambda).bfloat16() * 2 * gate(x0, self.skip_gate)
+                x = x + weight * skip
+            if i == 0:
+                x = (resid[0] + x0_l[0]) * x + big_l[0] * bigram
+            else:
+                x = resid[i] * x + x0_l[i] * x0 + big_l[i] * bigram
             attn = self.attn[i]
             if attn is not None:
-                ve, ve_lambda = None, None
+                ve, ve_gate_w = None, None
                 if i in cfg.value_embed_layers:
                     j = cfg.value_embed_layers.index(i)
-                    ve, ve_lambda = ve_all[j], self.ve_lambdas[j].bfloat16()
-                rotary = self.rotary_long if attn.long_window else self.rotary_short
+                    ve, ve_gate_w = ve_all[j], self.ve_gates[j]
                 mask = masks[2] if attn.long_window else masks[1] if attn.paired else masks[0]
-                x = x + attn(norm(x), ve, ve_lambda, mask, rotary)
+                x = x + attn(norm(x), ve, ve_gate_w, self.attn_gates[attn_index], self.sa_lambdas[i], mask,
+                             self.rotary)
+                attn_index += 1
             x = x + self.mlp[i](norm(x))
-            if i < self.n_skip:
-                skips.append(x)
-        x = norm(x).view(B * T, -1)
-        if cfg.use_fp8_head and x.is_cuda:
-            logits = FP8Head.apply(x, self.lm_head_w)
-        elif x.is_cuda:
-            logits = F.linear(x, self.lm_head_w.bfloat16())
-        else:  # CPU smoke: float32 is much faster than bf16 there
-            logits = F.linear(x.float(), self.lm_head_w)
-        logits = cfg.logit_softcap * torch.tanh(logits.float() / cfg.logit_softcap)
-        loss = logits.new_zeros(())
-        next_token_loss = None
-        for k, weight in enumerate(mtp_weights):
-            # target of position t for the (k+1)-th next token is targets[t + k]; the row's last k have none
-            tk = targets if k == 0 else F.pad(targets[:, k:], (0, k), value=-100)
-            lk = F.cross_entropy(logits, tk.reshape(-1), ignore_index=-100)
+            if i == cfg.skip_from:
+                skip = x
+            if i == cfg.backout_layer:
+                backout = x
+        # back out part of an early layer's output: it served the later layers' context, not the prediction
+        x = norm(x - self.backout_lambda.bfloat16() * backout).view(B * T, -1)
+        if self.training:
+            return self._training_loss(x, targets, mtp_weights)
+        loss = self._eval_loss(x, targets.reshape(-1))
+        return loss, loss
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and self.training and self.cfg.use_fp8_head:
+            return FP8Head.apply(x, self.lm_head_w, self.fp8_grad_scale)
+        if x.is_cuda:
+            return F.linear(x, self.lm_head_w.bfloat16())
+        return F.linear(x.float(), self.lm_head_w)  # CPU smoke: float32 is much faster than bf16 there
+
+    def _training_loss(self, x, targets, mtp_weights):
+        B, T = targets.shape
+        z = softcap(self._logits(x), self.cfg).view(B, T, -1)
+        lse = torch.logsumexp(z, dim=-1)  # one normalizer for every predicted token
+        total = z.new_zeros(())
+        next_token = None
+        for k in range(mtp_weights.size(0)):
+            # position t predicts targets[t + k]; the row's last k positions have no target for k
+            picked = z[:, :T - k].gather(-1, targets[:, k:, None]).squeeze(-1)
+            losses = lse[:, :T - k] - picked
             if k == 0:
-                next_token_loss = lk
-            loss = loss + weight * lk
-        return loss, next_token_loss
+                next_token = losses.mean()
+            total = total + mtp_weights[k] * losses.sum()
+        return total, next_token
+
+    def _eval_loss(self, x, targets, chunk: int = 32768):
+        """Mean next-token loss, the head in chunks of rows (a 262144-token row's float logits would be 52 GB)."""
+        total = x.new_zeros((), dtype=torch.float32)
+        for a in range(0, x.size(0), chunk):
+            z = softcap(self._logits(x[a:a + chunk]), self.cfg)
+            t = targets[a:a + chunk]
+            total = total + (torch.logsumexp(z, dim=-1) - z.gather(-1, t[:, None]).squeeze(-1)).sum()
+        return total / x.size(0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizers
 
-# Polar Express (Amsel, Persson, Musco, Gower 2025): degree-5 polynomial iterations whose coefficients are
-# optimal for singular values in [1e-3, 1]; divided by a 1.01 safety factor (a/1.01, b/1.01^3, c/1.01^5).
+# Polar Express (Amsel, Persson, Musco, Gower 2025): degree-5 polynomial iterations for five steps, the
+# coefficients the record uses (computed with a 2e-2 safety factor and a cushion of 2), after a Frobenius
+# normalisation by 1 + 2e-2.
 POLAR_EXPRESS_COEFFS = [
-    (a / 1.01, b / 1.01 ** 3, c / 1.01 ** 5) for a, b, c in [
-        (8.28721201814563, -23.595886519098837, 17.300387312530933),
-        (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-        (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-        (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-        (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-    ]
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 ]
+POLAR_EXPRESS_SAFETY = 1 + 2e-2
 
 
 def polar_express(G: torch.Tensor, use_triton: bool = True) -> torch.Tensor:
     """Approximate U V^T of G = U S V^T for a batch of wide matrices (..., m, n), m <= n, in bf16."""
     assert G.size(-2) <= G.size(-1)
     X = G.bfloat16()
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.01 + 1e-7)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * POLAR_EXPRESS_SAFETY + 1e-6)
     sym = kernels.sym_mm if use_triton else kernels.reference
     for a, b, c in POLAR_EXPRESS_COEFFS:
         A = sym(X, None, 1.0, 0.0)  # X X^T
         Bm = sym(A, A, c, b)  # c A A^T + b A   (A is symmetric)
         X = torch.baddbmm(X, Bm, X, beta=a, alpha=1.0) if X.dim() == 3 else a * X + Bm @ X
     return X
+
+
+def normuon_scale(v: torch.Tensor, second_moment: torch.Tensor, beta2: float, dim: int) -> torch.Tensor:
+    """NorMuon's variance reduction of orthogonalized updates v (batch, m, n): each row (dim=-1) or column
+    (dim=-2) is divided by the root of an EMA of its mean square (second_moment, updated in place), then the
+    matrix is rescaled to its Frobenius norm before the division."""
+    v = v.float()
+    mean_sq = v.square().mean(dim=dim, keepdim=True)
+    n = v.size(dim)
+    norm_before = (mean_sq.sum(dim=(-2, -1), keepdim=True) * n).sqrt()
+    second_moment.lerp_(mean_sq, 1 - beta2)
+    inv_rms = second_moment.clamp_min(1e-10).rsqrt()
+    norm_after = (mean_sq * n * inv_rms.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    return v * (inv_rms * norm_before / norm_after.clamp_min(1e-10))
+
+
+def cautious_step(master: torch.Tensor, update: torch.Tensor, lr: float, decay: float, strict: bool) -> None:
+    """master -= lr * (update + decay * master where update and master have the same sign), in place.
+    Cautious weight decay: a weight decays only where the update already moves it towards zero.
+    strict: same sign means product > 0 (Adam); else >= 0 (NorMuon)."""
+    same = (update * master > 0) if strict else (update * master >= 0)
+    master.sub_(lr * (update + decay * master * same))
 
 
 def split_float32(master: torch.Tensor):
@@ -683,40 +850,47 @@ def all_gather_cat(local: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 class Muon:
-    """Momentum + Polar Express orthogonalization for the bf16 weight matrices of the blocks.
+    """NorMuon: momentum, Polar Express orthogonalization, per-row/column variance reduction and cautious weight
+    decay for the bf16 weight matrices of the blocks.
 
     Matrices are cut into 768-row blocks oriented wide (q, k, v and o: 768x768; fc^T and proj: 768x3072), stacked
     by shape, and each GPU orthogonalizes its slice of the stack (reduce-scatter of the gradients, all-gather of
-    the updates). Every GPU then applies all updates in float32 through the mantissa buffers.
+    the updates). Every GPU then applies all updates in float32 through the mantissa buffers. A matrix's lr is
+    lr * sqrt(long side / short side) (2 for the MLP's 3072x768) times its muon_lr_mul (2 for proj). The
+    variance statistics are per output row for the square matrices and per hidden unit (the 3072 side) for the
+    MLP's. Weight decay: weight_decay * lr (scheduled) * the matrix's lr, where the update agrees in sign.
     """
 
-    def __init__(self, params, lr: float, rank: int = 0, world_size: int = 1, use_triton: bool = True):
+    def __init__(self, params, lr: float, rank: int = 0, world_size: int = 1, use_triton: bool = True,
+                 weight_decay: float = 0.0, beta2: float = 0.95):
         self.params = list(params)
         self.lr, self.momentum = lr, 0.95
+        self.weight_decay, self.beta2 = weight_decay, beta2
         self.rank, self.world_size, self.use_triton = rank, world_size, use_triton
         self.mantissa = {p: torch.zeros_like(p, dtype=torch.int16) for p in self.params}
-        # groups: shape -> list of (param, slice index or None, transposed, scale)
+        self.lr_scale = {}
+        for p in self.params:
+            rows, cols = p.shape[0] // getattr(p, "muon_parts", 1), p.shape[1]
+            self.lr_scale[p] = (max(rows, cols) / min(rows, cols)) ** 0.5 * getattr(p, "muon_lr_mul", 1.0)
+        # groups: shape -> list of (param, slice index or None, transposed)
         self.groups: dict[tuple, list] = {}
         for p in self.params:
             rows, cols = p.shape
             parts = getattr(p, "muon_parts", 1)  # the fused q, k, v weight is three matrices
             if parts > 1:
                 for j in range(parts):
-                    self._add(p, j, False, (rows // parts, cols))
+                    self.groups.setdefault((rows // parts, cols), []).append((p, j, False))
             elif rows > cols:  # tall (fc): orthogonalize the transpose
-                self._add(p, None, True, (cols, rows))
+                self.groups.setdefault((cols, rows), []).append((p, None, True))
             else:
-                self._add(p, None, False, (rows, cols))
-        self.buffers = {}
+                self.groups.setdefault((rows, cols), []).append((p, None, False))
+        self.buffers, self.second_moments = {}, {}
+        device = self.params[0].device
         for shape, members in self.groups.items():
-            n = len(members)
-            per_rank = -(-n // world_size)
-            self.buffers[shape] = torch.zeros(per_rank, *shape, dtype=torch.float32, device=self.params[0].device)
-
-    def _add(self, p, index, transposed, shape):
-        rows, cols = p.shape if index is None else (p.shape[0] // p.muon_parts, p.shape[1])
-        scale = max(1.0, rows / cols) ** 0.5  # tall matrices get larger updates (shape of the original matrix)
-        self.groups.setdefault(shape, []).append((p, index, transposed, scale))
+            per_rank = -(-len(members) // world_size)
+            self.buffers[shape] = torch.zeros(per_rank, *shape, dtype=torch.float32, device=device)
+            m, n = shape  # square: a statistic per row; wide (m < n): per column, the hidden unit
+            self.second_moments[shape] = torch.zeros(per_rank, *((m, 1) if m == n else (1, n)), device=device)
 
     @staticmethod
     def _view(t, index, transposed, rows_per_slice):
@@ -726,45 +900,69 @@ class Muon:
 
     @torch.no_grad()
     def step(self, grads: dict, lr_mult: float = 1.0):
-        """grads: param -> float32 gradient summed over accumulation steps and already averaged over them."""
+        """grads: param -> float32 gradient (any positive scale: the update does not depend on it)."""
         updates = {p: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in self.params}
         for shape, members in self.groups.items():
             per_rank = self.buffers[shape].size(0)
             stack = torch.zeros(per_rank * self.world_size, *shape, dtype=torch.float32, device=self.params[0].device)
-            for i, (p, index, transposed, _) in enumerate(members):
+            for i, (p, index, transposed) in enumerate(members):
                 stack[i] = self._view(grads[p], index, transposed, shape[0] if index is not None else 0)
             local = reduce_scatter_mean(stack, self.rank, self.world_size) if self.world_size > 1 else stack
             buf = self.buffers[shape]
             buf.lerp_(local, 1 - self.momentum)
             nesterov = local.lerp(buf, self.momentum)
             ortho = polar_express(nesterov, self.use_triton)
+            ortho = normuon_scale(ortho, self.second_moments[shape], self.beta2, -1 if shape[0] == shape[1] else -2)
             gathered = all_gather_cat(ortho, self.world_size) if self.world_size > 1 else ortho
-            for i, (p, index, transposed, scale) in enumerate(members):
+            for i, (p, index, transposed) in enumerate(members):
                 target = self._view(updates[p], index, transposed, shape[0] if index is not None else 0)
-                target.copy_(gathered[i].float() * scale)
+                target.copy_(gathered[i])
+        lr = self.lr * lr_mult
         for p in self.params:
             master = join_float32(p.data, self.mantissa[p])
-            master.add_(updates[p], alpha=-self.lr * lr_mult)
+            cautious_step(master, updates[p], lr * self.lr_scale[p], self.weight_decay * lr, strict=False)
             w, m = split_float32(master)
             p.data.copy_(w)
             self.mantissa[p].copy_(m)
 
 
 class Adam:
-    """Adam without weight decay for float32 parameters (embeddings, head, scalars), in parameter groups."""
+    """Adam with cautious weight decay for the float32 parameters (embeddings, head, gates, scalars), in
+    parameter groups (lr, betas, wd). The step is lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps); the
+    decay is lr^2 * wd * weight where the step agrees in sign.
 
-    def __init__(self, groups: list[dict], eps: float = 1e-10):
+    Tied head: while `tied`, the embedding's gradient is added into the head's (fold_tied), only the head is
+    updated and the embedding is set to it; untie() gives the embedding a copy of the head's state."""
+
+    def __init__(self, groups: list[dict], eps: float = 1e-10, head=None, embed=None):
         self.groups = groups
         self.eps = eps
         self.state = {}
+        self.head, self.embed = head, embed
+        self.tied = head is not None and embed is not None
+
+    def fold_tied(self, grads: dict) -> dict:
+        if self.tied and self.embed in grads:
+            grads = dict(grads)
+            grads[self.head] = grads[self.head] + grads.pop(self.embed)
+        return grads
+
+    @torch.no_grad()
+    def untie(self):
+        st = self.state.get(self.head)
+        if st is not None:
+            self.state[self.embed] = {"step": st["step"], "m": st["m"].clone(), "v": st["v"].clone()}
+        self.tied = False
 
     @torch.no_grad()
     def step(self, grads: dict, lr_mult: float = 1.0):
+        grads = self.fold_tied(grads)
         for g in self.groups:
             b1, b2 = g["betas"]
+            lr = g["lr"] * lr_mult
             for p in g["params"]:
                 grad = grads.get(p)
-                if grad is None:
+                if grad is None or (self.tied and p is self.embed):
                     continue
                 st = self.state.get(p)
                 if st is None:
@@ -772,21 +970,30 @@ class Adam:
                 st["step"] += 1
                 st["m"].lerp_(grad, 1 - b1)
                 st["v"].lerp_(grad.square(), 1 - b2)
-                m_hat = st["m"] / (1 - b1 ** st["step"])
-                v_hat = st["v"] / (1 - b2 ** st["step"])
-                p.addcdiv_(m_hat, v_hat.sqrt().add_(self.eps), value=-g["lr"] * lr_mult)
+                size = math.sqrt(1 - b2 ** st["step"]) / (1 - b1 ** st["step"])
+                update = st["m"] / (st["v"].sqrt() + self.eps) * size
+                cautious_step(p.data, update, lr, lr * g["wd"], strict=True)
+        if self.tied:
+            self.embed.data.copy_(self.head.data)
 
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int):
     muon_params = [p for n, p in model.named_parameters() if p.dim() == 2 and n.startswith(("attn.", "mlp."))]
-    adam = Adam([
-        {"params": [model.lm_head_w], "lr": hp.head_lr, "betas": (0.5, 0.95)},
-        {"params": [model.embed_w], "lr": hp.embed_lr, "betas": (0.5, 0.95)},
-        {"params": [model.value_embeds, model.bigram_embed], "lr": hp.embed_lr, "betas": (0.6, 0.95)},
-        {"params": [model.resid_lambdas, model.skip_weights, model.ve_lambdas, model.bigram_lambda],
-         "lr": hp.scalar_lr, "betas": (0.6, 0.95)},
-    ])
-    muon = Muon(muon_params, hp.muon_lr, rank, world_size, use_triton=model.cfg.use_triton)
+    lr, wd = hp.adam_lr, hp.adam_weight_decay
+    m = model
+    adam = Adam([  # lr and wd as multiples of the base values (the record's table)
+        {"params": [m.lm_head_w], "lr": lr, "betas": (0.5, 0.95), "wd": 150 * wd},
+        {"params": [m.embed_w], "lr": lr, "betas": (0.5, 0.95), "wd": 150 * wd},
+        {"params": [m.value_embeds, m.bigram_embed], "lr": 75 * lr, "betas": (0.75, 0.95), "wd": 5 * wd},
+        {"params": [m.resid_lambdas, m.sa_lambdas, m.bigram_lambdas, m.smear_lambda, m.backout_lambda,
+                    m.skip_lambda], "lr": 5 * lr, "betas": (0.9, 0.99), "wd": 0.0},
+        {"params": [m.x0_lambdas], "lr": 5 * lr, "betas": (0.65, 0.95), "wd": 0.0},
+        {"params": [m.attn_gates, m.ve_gates], "lr": lr, "betas": (0.9, 0.99), "wd": wd},
+        {"params": [m.smear_gate], "lr": 0.01 * lr, "betas": (0.9, 0.99), "wd": 0.0},
+        {"params": [m.skip_gate], "lr": 0.05 * lr, "betas": (0.9, 0.99), "wd": 0.0},
+    ], head=m.lm_head_w, embed=m.embed_w)
+    muon = Muon(muon_params, hp.muon_lr, rank, world_size, use_triton=model.cfg.use_triton,
+                weight_decay=hp.muon_weight_decay, beta2=hp.muon_beta2)
     covered = set(muon_params) | {p for g in adam.groups for p in g["params"]}
     assert covered == set(model.parameters()), "every parameter needs an optimizer"
     return muon, adam
@@ -924,9 +1131,9 @@ def main():
         log(line)
     log("=" * 100)
 
-    val_chunk = world_size * hp.val_rows * hp.val_seq_len
-    if hp.val_tokens % val_chunk:
-        raise SystemExit(f"SPEEDRUN_VAL_TOKENS={hp.val_tokens} must be a multiple of {val_chunk}")
+    val_row = hp.val_rows * hp.val_seq_len  # stream tokens per GPU and validation micro-step
+    if hp.val_tokens % (world_size * val_row):
+        raise SystemExit(f"SPEEDRUN_VAL_TOKENS={hp.val_tokens} must be a multiple of {world_size * val_row}")
     train_files = find_shards(shard_folder(hp.data_path), "train")
     val_files = find_shards(shard_folder(hp.data_path), "val")
     log(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s) in {shard_folder(hp.data_path)}; "
@@ -940,29 +1147,50 @@ def main():
                if getattr(hp, name) != getattr(Hyperparameters, name)]
     if changed:
         log(f"diagnostic: {' '.join(changed)} (not the recipe of the track)")
-    model = GPT(cfg, max_seq_len=max(hp.train_seq_len, hp.val_seq_len)).to(device)
+
+    def micro_tokens(stage: Stage) -> int:
+        return stage.batch_tokens // hp.batch_divisor // hp.total_accumulation
+
+    longest_row = max([val_row] + [micro_tokens(st) for st in (*STAGES, EXTENSION)])
+    model = GPT(cfg, max_seq_len=longest_row).to(device)
+    # The loss is summed over tokens and scaled by 2 / grad_accum: the same gradient for any GPU count, and the
+    # size the head's fixed FP8 gradient scale is made for.
+    grad_scale = 2 / grad_accum
+    model.fp8_grad_scale = grad_scale
     for p in model.parameters():  # identical initial weights on every GPU
         if world_size > 1:
             dist.broadcast(p.data, 0)
     initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     compiled = torch.compile(model, dynamic=False) if on_gpu and hp.compile else model
-    # the stages' windows on the device once: building them in a step would copy host->device with a
-    # synchronize, so the host could not queue the next step while the GPU still runs the last one
+    # the stages' windows and every step's MTP weights on the device once: building them in a step would copy
+    # host->device with a synchronize, so the host could not queue the next step while the GPU still runs the
+    # last one. A stage's graph reads its weights from one buffer (a new tensor per step could recompile).
     window_tensors = {st: torch.tensor(st.windows, dtype=torch.int32, device=device) for st in (*STAGES, EXTENSION)}
+    final_windows = torch.tensor(FINAL_VALIDATION_WINDOWS, dtype=torch.int32, device=device)
+    total_steps = hp.num_iterations + hp.extension_iterations
+    mtp_table = {st: torch.tensor([mtp_weights(s, hp) for s in range(total_steps) if stage_at(s, hp) is st]
+                                  or [st.mtp_start], dtype=torch.float32, device=device) for st in (*STAGES, EXTENSION)}
+    mtp_buffers = {st: torch.tensor(st.mtp_start, dtype=torch.float32, device=device) for st in (*STAGES, EXTENSION)}
+    one_weight = torch.ones(1, device=device)
+    bounds = {st: first for st, first, _ in stage_bounds(hp)}
+    adam_grads: dict = {}  # Adam's gradients, summed over the two steps of each Adam step
 
-    def train_step(stage: Stage, loader: BosRowLoader, muon: Muon, adam: Adam, lr_mult: float, momentum: float):
-        rows = stage.batch_tokens // hp.batch_divisor // hp.total_accumulation // hp.train_seq_len
+    def train_step(stage: Stage, step: int, loader: DocPackLoader, muon: Muon, adam: Adam, lr_mult: float,
+                   momentum: float):
         windows = window_tensors[stage]
+        weights = mtp_buffers[stage]
+        row = min(max(step - bounds[stage], 0), mtp_table[stage].size(0) - 1)
+        weights.copy_(mtp_table[stage][row], non_blocking=True)
         grads = {}
         loss_sum = torch.zeros((), device=device)  # weighted MTP loss, to catch any non-finite value
         next_sum = torch.zeros((), device=device)  # next-token loss, comparable to val_loss
         for _ in range(grad_accum):
-            inputs, targets = loader.next_batch(rows)
+            inputs, targets = loader.next_batch(micro_tokens(stage))
             if on_gpu:
                 inputs = inputs.pin_memory().to(device, non_blocking=True)
                 targets = targets.pin_memory().to(device, non_blocking=True)
-            loss, next_loss = compiled(inputs, targets, model.block_masks(inputs, windows), stage.mtp_weights)
-            (loss / grad_accum).backward()
+            loss, next_loss = compiled(inputs, targets, model.block_masks(inputs, windows), weights)
+            (loss * grad_scale).backward()
             loss_sum += loss.detach()
             next_sum += next_loss.detach()
             for p in model.parameters():  # accumulate in float32 (the Muon weights and their grads are bf16)
@@ -974,36 +1202,41 @@ def main():
                     p.grad = None
         if hp.grad_stats:
             log(grad_stats_line(model, grads))
-        adam_grads = {}
         for g in adam.groups:
             for p in g["params"]:
                 if p in grads:
-                    if world_size > 1:
-                        all_reduce_mean(grads[p])
-                    adam_grads[p] = grads[p]
+                    if p in adam_grads:
+                        adam_grads[p].add_(grads[p])
+                    else:
+                        adam_grads[p] = grads[p]
+        if is_adam_step(step):
+            folded = adam.fold_tied(adam_grads)
+            if world_size > 1:
+                for p in folded.values():
+                    all_reduce_mean(p)
+            adam.step(folded, lr_mult)
+            adam_grads.clear()
         muon.momentum = momentum
-        adam.step(adam_grads, lr_mult)
         muon.step(grads, lr_mult)
+        if adam.tied and step == split_step(hp):
+            adam.untie()  # the embedding trains apart from the head from the next step on
         # the next-token loss, or NaN when any part of the loss was non-finite
         return torch.where(torch.isfinite(loss_sum), next_sum, torch.nan) / grad_accum
 
     def enter_stage(old: Stage | None, new: Stage):
         if old is not None and old.windows != new.windows:
             model.set_windows(old.windows, new.windows)
-        if (old is None or old.tied_head) and not new.tied_head:
-            model.split_embed()
 
     @torch.no_grad()
-    def validate(stage: Stage, batches: int | None = None) -> float:
+    def validate(windows: torch.Tensor, batches: int | None = None) -> float:
         model.eval()
-        loader = BosRowLoader(val_files, hp.val_seq_len, rank, world_size, cycle=False)
-        windows = window_tensors[stage]
+        loader = ValStream(val_files, rank, world_size)
         total = torch.zeros((), device=device)
-        n = batches or hp.val_tokens // val_chunk
+        n = batches or hp.val_tokens // (world_size * val_row)
         for _ in range(n):
-            inputs, targets = loader.next_batch(hp.val_rows)
+            inputs, targets = loader.next_batch(val_row)
             inputs, targets = inputs.to(device), targets.to(device)
-            _, loss = compiled(inputs, targets, model.block_masks(inputs, windows), (1.0,))
+            _, loss = compiled(inputs, targets, model.block_masks(inputs, windows), one_weight)
             total += loss
         total /= n
         if world_size > 1:
@@ -1012,14 +1245,13 @@ def main():
         return total.item()
 
     @torch.no_grad()
-    def forward_probe(stage: Stage) -> str:
+    def forward_probe(windows: torch.Tensor) -> str:
         """After a non-finite training loss with finite weights: one validation batch through the compiled model
         (its validation graph is already compiled), the eager model, and the eager model with a bf16 head instead
         of FP8. A finite eager loss beside a non-finite compiled one points at the compiled graph; a finite bf16
         head loss beside a non-finite FP8 one at the FP8 head."""
-        loader = BosRowLoader(val_files, hp.val_seq_len, rank, world_size, cycle=False)
-        inputs, targets = (t.to(device) for t in loader.next_batch(hp.val_rows))
-        windows = window_tensors[stage]
+        loader = ValStream(val_files, rank, world_size)
+        inputs, targets = (t.to(device) for t in loader.next_batch(val_row))
         fp8 = cfg.use_fp8_head
         results = []
         model.eval()
@@ -1028,7 +1260,7 @@ def main():
             cfg.use_fp8_head = use_fp8
             try:
                 masks = model.block_masks(inputs, windows)
-                results.append(f"{name}:{forward(inputs, targets, masks, (1.0,))[1].item():.4f}")
+                results.append(f"{name}:{forward(inputs, targets, masks, one_weight)[1].item():.4f}")
             except Exception as e:  # a diagnosis must not hide the report above (e.g. eager attention out of memory)
                 results.append(f"{name}:failed({type(e).__name__})")
             finally:
@@ -1036,30 +1268,30 @@ def main():
         model.train()
         return f"nonfinite: forward probe, one validation batch with the current weights: {' '.join(results)}"
 
-    # -------- compile and warm-up: run every stage's graph once and the validation graph, then restore the
-    # initial weights. Not part of train_time.
+    # -------- compile and warm-up: run every stage's graph once (an Adam step each) and the validation graph,
+    # then restore the initial weights. Not part of train_time.
     sync()
     t_warm = time.perf_counter()
-    warm_loader = BosRowLoader(train_files, hp.train_seq_len, rank, world_size, cycle=True)
+    warm_loader = DocPackLoader(train_files, hp.train_seq_len, rank, world_size, cycle=True)
     muon, adam = build_optimizers(model, hp, rank, world_size)
     previous = None
     for stage in (list(STAGES) + [EXTENSION]) if hp.warmup else []:
         enter_stage(previous, stage)
         t0 = time.perf_counter()
-        warm_loss = train_step(stage, warm_loader, muon, adam, lr_mult=0.0, momentum=hp.muon_momentum_end)
+        warm_loss = train_step(stage, bounds[stage] | 1, warm_loader, muon, adam, lr_mult=0.0,
+                               momentum=hp.muon_momentum_end)
         sync()
         log(f"warmup: stage {stage.name} compiled and ran one step in {1000 * (time.perf_counter() - t0):.0f}ms "
             f"(train loss {warm_loss.item():.4f})")
-        if stage is STAGES[0] or stage is EXTENSION:  # validation graphs: tied head (early), untied (late)
+        if stage is STAGES[0]:  # one validation graph (the head is the same tensor layout tied or not)
             t0 = time.perf_counter()
-            validate(stage, batches=1)
+            validate(window_tensors[stage], batches=1)
             sync()
-            log(f"warmup: validation graph ({'tied' if stage.tied_head else 'untied'} head) "
-                f"in {1000 * (time.perf_counter() - t0):.0f}ms")
+            log(f"warmup: validation graph in {1000 * (time.perf_counter() - t0):.0f}ms")
         previous = stage
     model.load_state_dict(initial_state)
-    model.tied = True
     model.reset_windows()
+    adam_grads.clear()
     del warm_loader
     sync()
     log(f"compile_and_warmup_time:{1000 * (time.perf_counter() - t_warm):.0f}ms")
@@ -1070,8 +1302,7 @@ def main():
 
     # -------- training
     muon, adam = build_optimizers(model, hp, rank, world_size)
-    loader = BosRowLoader(train_files, hp.train_seq_len, rank, world_size, cycle=True)
-    total_steps = hp.num_iterations + hp.extension_iterations
+    loader = DocPackLoader(train_files, hp.train_seq_len, rank, world_size, cycle=True)
     training_time_ms = 0.0
     timings: dict[str, StageTiming] = {}
     stage = None
@@ -1104,7 +1335,7 @@ def main():
         for line in nonfinite_report(model, muon, adam):
             log(line)
         if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            log(forward_probe(stage))
+            log(forward_probe(window_tensors[stage]))
         if world_size > 1:
             dist.destroy_process_group()
         sys.exit(1)
@@ -1113,6 +1344,10 @@ def main():
     t0 = time.perf_counter()
     for step in range(total_steps + 1):
         last = step == total_steps
+        new_stage = stage_at(step, hp)  # past the scheduled steps: the extension
+        if new_stage is not stage:
+            enter_stage(stage, new_stage)
+            stage = new_stage
         if world_size == 1 and nonfinite_host.item():
             stop_on_nonfinite(step)
         if last or step % hp.val_every == 0:
@@ -1130,27 +1365,19 @@ def main():
                     stop_on_nonfinite(step)
                 log(train_loss_line(train_losses, last_reported + 1, step))
                 last_reported = step
-            if stage is None:
-                stage = stage_at(0, hp)
-                enter_stage(None, stage)
-            if last and stage is not EXTENSION:  # the final validation uses the extended windows
-                enter_stage(stage, EXTENSION)
-                stage = EXTENSION
-            val_loss = validate(stage)
+            # the windows of this step's stage; the final validation widens the long window (no YaRN)
+            val_loss = validate(final_windows if last else window_tensors[stage])
             log(f"step:{step}/{total_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms "
                 f"step_avg:{training_time_ms / max(step, 1):.2f}ms")
             sync()
             t0 = time.perf_counter()
         if last:
             break
-        new_stage = stage_at(step, hp)
-        if new_stage is not stage:
-            enter_stage(stage, new_stage)
-            stage = new_stage
         if new_stage.name not in timings:
             timings[new_stage.name] = StageTiming(first_step=step)
         timing = timings[new_stage.name]
-        step_loss = train_step(new_stage, loader, muon, adam, lr_multiplier(step, hp), muon_momentum(step, hp))
+        step_loss = train_step(new_stage, step, loader, muon, adam, lr_multiplier(step, hp),
+                               muon_momentum(step, hp))
         train_losses[step] = step_loss
         nonfinite |= ~torch.isfinite(step_loss)
         nonfinite_host.copy_(nonfinite, non_blocking=True)
