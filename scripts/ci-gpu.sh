@@ -14,7 +14,7 @@
 #   CI_DATA_PATH         the folder holding data/fineweb10B/ for the smoke run (the runs' DATA_PATH; default:
 #                        the checkout, where `speedrun data fineweb` writes)
 #   CI_SMOKE_ITERATIONS  scheduled training steps of the smoke run (default 100; the record run has 1535)
-#   CI_SMOKE_VAL_TOKENS  validation tokens (default 262144; must be a multiple of 32768 x GPUs)
+#   CI_SMOKE_VAL_TOKENS  validation tokens (default 2097152; must be a multiple of 262144 x GPUs)
 # Extra arguments go to `speedrun run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ python="${PYTHON:-python3}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 iterations="${CI_SMOKE_ITERATIONS:-100}"
-val_tokens="${CI_SMOKE_VAL_TOKENS:-262144}"
+val_tokens="${CI_SMOKE_VAL_TOKENS:-2097152}"
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 out="results/ci/$stamp"

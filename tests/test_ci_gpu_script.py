@@ -77,7 +77,7 @@ def test_runs_gpu_tests_then_a_smoke_campaign_and_lists_results(checkout):
     assert ci_dir.parent == Path("results/ci")
     assert harness_args[:8] == ["-m", "harness", "run", "short", "--runs", "1", "--nproc", "3"]
     assert "--data-path" in harness_args and "/data/fineweb" in harness_args
-    assert "SPEEDRUN_NUM_ITERATIONS=100" in harness_args and "SPEEDRUN_VAL_TOKENS=262144" in harness_args
+    assert "SPEEDRUN_NUM_ITERATIONS=100" in harness_args and "SPEEDRUN_VAL_TOKENS=2097152" in harness_args
     assert harness_args[-1] == "--no-telemetry"
     ci = checkout / ci_dir
     assert (ci / "campaign-path.txt").read_text().strip() == "results/short/20261127-010203-beef"

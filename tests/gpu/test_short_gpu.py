@@ -57,33 +57,45 @@ def test_polar_express_singular_values_near_one(tg):
 
 
 def test_muon_update_matches_plain_reference(tg):
+    """Muon on the GPU (Triton Polar Express) against a plain per-matrix NorMuon in PyTorch: momentum, nesterov,
+    orthogonalize, variance reduction per row (square, tall) or column (wide), lr * sqrt(long/short side) *
+    muon_lr_mul, cautious weight decay, float32 master through the mantissa buffer."""
     torch.manual_seed(0)
     shapes = [(3 * 64, 64), (64, 64), (256, 64), (64, 256)]
     params = [torch.nn.Parameter((torch.randn(s, device="cuda") * 0.02).bfloat16()) for s in shapes]
     params[0].muon_parts = 3
-    muon = tg.Muon(params, lr=0.02)
+    params[3].muon_lr_mul = 2.0
+    muon = tg.Muon(params, lr=0.02, weight_decay=1.2, beta2=0.95)
     masters = [p.detach().float().clone() for p in params]
     initial = [m.clone() for m in masters]
-    bufs = {}
+    bufs, seconds = {}, {}
     for step in range(3):
         grads = {p: torch.randn(p.shape, device="cuda") for p in params}
         muon.momentum = 0.9
         muon.step(grads, lr_mult=0.5)
-        # plain reference: per-matrix momentum, nesterov, orthogonalize, scale, float32 master weight
+        lr = 0.02 * 0.5
         for i, p in enumerate(params):
             g = grads[p]
             blocks = list(g.split(64)) if i == 0 else [g]
             upd = []
             for j, gb in enumerate(blocks):
                 key = (i, j)
+                rows, cols = gb.shape
+                dim = -1 if rows >= cols else -2
                 bufs[key] = torch.zeros_like(gb) if key not in bufs else bufs[key]
+                seconds.setdefault(key, torch.zeros((rows, 1) if dim == -1 else (1, cols), device="cuda"))
                 bufs[key] = bufs[key].lerp(gb, 0.1)
                 nest = gb.lerp(bufs[key], 0.9)
-                tall = nest.shape[0] > nest.shape[1]
+                tall = rows > cols
                 o = tg.polar_express((nest.t() if tall else nest)[None], use_triton=False)[0].float()
                 o = o.t() if tall else o
-                upd.append(o * max(1, gb.shape[0] / gb.shape[1]) ** 0.5)
-            masters[i] -= 0.02 * 0.5 * torch.cat(upd)
+                seconds[key] = seconds[key].lerp(o.square().mean(dim=dim, keepdim=True), 0.05)
+                scaled = o / seconds[key].sqrt()
+                upd.append(scaled * o.norm() / scaled.norm())
+            u = torch.cat(upd)
+            scale = (max(shapes[i][0] // (3 if i == 0 else 1), shapes[i][1]) /
+                     min(shapes[i][0] // (3 if i == 0 else 1), shapes[i][1])) ** 0.5 * (2.0 if i == 3 else 1.0)
+            masters[i] -= lr * scale * (u + 1.2 * lr * masters[i] * ((u * masters[i]) >= 0))
     for i, p in enumerate(params):
         # the bf16 weight is the float32 master truncated; together with its mantissa it is the master exactly
         joined = tg.join_float32(p.data, muon.mantissa[p])
@@ -95,7 +107,7 @@ def test_model_forward_backward_small(tg):
     torch.manual_seed(0)
     cfg = tg.ModelConfig(num_layers=4, model_dim=128, num_heads=2, head_dim=64, no_attention_layers=(2,),
                          long_window_layers=(3,), paired_head_layers=(0,), value_embed_layers=(0, 3),
-                         bigram_buckets=4096)
+                         skip_from=1, skip_to=2, backout_layer=2, bigram_buckets=4096)
     model = tg.GPT(cfg, max_seq_len=1024).cuda()
     B, T = 2, 512
     inp = torch.randint(0, 50000, (B, T), device="cuda")
@@ -104,14 +116,12 @@ def test_model_forward_backward_small(tg):
     tgt = torch.randint(0, 50000, (B, T), device="cuda")
     compiled = torch.compile(model, dynamic=False)
     masks = model.block_masks(inp, torch.tensor([1, 2], device="cuda", dtype=torch.int32))
-    loss, next_loss = compiled(inp, tgt, masks, (1.0, 0.5))
+    weights = torch.tensor([1.0, 0.5], device="cuda")
+    loss, next_loss = compiled(inp, tgt, masks, weights)
     assert abs(next_loss.item() - 10.83) < 0.3, next_loss.item()  # ln(50304): near-uniform at init
     loss.backward()
-    for name, p in model.named_parameters():
-        if name == "embed_w":
-            assert p.grad is None  # tied: the embedding reads lm_head_w until the split
-        else:
-            assert p.grad is not None and torch.isfinite(p.grad.float()).all(), name
+    for name, p in model.named_parameters():  # the embedding is its own tensor (the optimizer ties it)
+        assert p.grad is not None and torch.isfinite(p.grad.float()).all(), name
     # zero-initialised output projections still receive gradient. The value embeddings get none yet: with
     # o_w = 0 no gradient reaches v (seen on the H100: exactly 0); after one step they do (checked below).
     assert model.mlp[0].proj_w.grad.float().abs().sum() > 0
@@ -120,7 +130,7 @@ def test_model_forward_backward_small(tg):
     grads = {p: p.grad.float() for p in model.parameters() if p.grad is not None}
     muon.step(grads)
     adam.step(grads)
-    loss2, _ = compiled(inp, tgt, masks, (1.0, 0.5))
+    loss2, _ = compiled(inp, tgt, masks, weights)
     assert torch.isfinite(loss2), loss2
     assert loss2.item() < loss.item(), (loss.item(), loss2.item())  # one step on the same batch lowers its loss
     loss2.backward()
@@ -133,7 +143,7 @@ def test_compiled_model_gradients_match_eager(tg):
     torch.manual_seed(0)
     cfg = tg.ModelConfig(num_layers=4, model_dim=128, num_heads=2, head_dim=64, no_attention_layers=(2,),
                          long_window_layers=(3,), paired_head_layers=(0,), value_embed_layers=(0, 3),
-                         bigram_buckets=4096, use_fp8_head=False)
+                         skip_from=1, skip_to=2, backout_layer=2, bigram_buckets=4096, use_fp8_head=False)
     model = tg.GPT(cfg, max_seq_len=2048).cuda()
     with torch.no_grad():  # non-zero projections and value embeddings, so every path carries gradient
         for name, p in model.named_parameters():
@@ -147,13 +157,14 @@ def test_compiled_model_gradients_match_eager(tg):
     masks = model.block_masks(inp, torch.tensor([1, 3], device="cuda", dtype=torch.int32))
     results = []
     for forward in (torch.compile(model, dynamic=False), model):
-        loss, _ = forward(inp, tgt, masks, (1.0, 0.5))
+        loss, _ = forward(inp, tgt, masks, torch.tensor([1.0, 0.5], device="cuda"))
         loss.backward()
         results.append((loss.detach(), {n: p.grad.float().clone() for n, p in model.named_parameters()
                                         if p.grad is not None}))
         model.zero_grad(set_to_none=True)
     (loss_c, grads_c), (loss_e, grads_e) = results
-    assert abs(loss_c.item() - loss_e.item()) < 1e-2, (loss_c.item(), loss_e.item())
+    # the loss is summed over tokens now: the same 1e-3 relative margin as the mean had
+    assert abs(loss_c.item() - loss_e.item()) < 1e-3 * abs(loss_e.item()), (loss_c.item(), loss_e.item())
     assert grads_c.keys() == grads_e.keys()
     # bf16 rounding differs between the fused and the unfused graph: ~1-5% on the small skip-weight gradients
     # (seen on the H100: 0.055 on a 2-element gradient of size 3e-5), while the in-graph block-mask bug gave errors
@@ -179,7 +190,7 @@ def test_block_mask_attention_matches_dense(tg):
         out = torch.compile(flex_attention)(q[:, :, :L], k[:, :, :L], v[:, :, :L], block_mask=mask)
         pos = torch.arange(L, device="cuda")
         tok = pos // 2 if paired else pos
-        dense = ((tok[None, :] <= tok[:, None]) & (tok[:, None] - tok[None, :] < 384))[None] & (
+        dense = ((pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] <= 384))[None] & (
             docs[:, tok][:, :, None] == docs[:, tok][:, None, :])
         ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, :L], k[:, :, :L], v[:, :, :L],
                                                                attn_mask=dense[:, None])
@@ -190,7 +201,7 @@ def test_block_mask_attention_matches_dense(tg):
 @pytest.mark.parametrize("window_blocks", [1, 3, 7])
 def test_flex_attention_backward_matches_dense(tg, paired, window_blocks):
     """Forward and backward of FlexAttention with the model's block mask, at the training shape
-    (2048-token rows, 6 heads of 128, QK-normed inputs with the model's 0.12 scale, documents of mixed lengths),
+    (2048-token rows, 6 heads of 128, QK-normed inputs with a 0.12 scale, documents of mixed lengths),
     against dense float32 attention with the same mask materialized. A backward that visits blocks the forward
     did not (or skips ones it did) shows up here as dq/dk/dv errors while the output still matches."""
     from torch.nn.attention.flex_attention import flex_attention
@@ -227,7 +238,7 @@ def test_flex_attention_backward_matches_dense(tg, paired, window_blocks):
     L = 2 * T if paired else T
     pos = torch.arange(L, device="cuda")
     tok = pos // 2 if paired else pos
-    allowed = ((tok[None, :] <= tok[:, None]) & (tok[:, None] - tok[None, :] < window))[None] & (
+    allowed = ((pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] <= window))[None] & (
         docs[:, tok][:, :, None] == docs[:, tok][:, None, :])
     qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
     shaped = [t.reshape(B, L, -1, D).transpose(1, 2) for t in (qf, kf, vf)]
@@ -243,12 +254,12 @@ def test_fp8_head_close_to_bf16(tg):
     torch.manual_seed(0)
     x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = (torch.randn(50304, 768, device="cuda") * 0.02).requires_grad_()
-    out = tg.FP8Head.apply(x, w)
+    out = tg.FP8Head.apply(x, w, 0.25)  # the gradient scale of one GPU (2 / 8 accumulation steps)
     ref = x.float() @ w.t()
     assert rel_err(out, ref) < 0.06
-    g = torch.randn_like(out)
+    g = torch.randn_like(out) * 0.05  # inside the fixed gradient range (0.75 x 0.25)
     out.backward(g)
     gx_ref = g.float() @ w.detach()
     gw_ref = g.float().t() @ x.detach().float()
-    assert rel_err(x.grad, gx_ref) < 0.1
-    assert rel_err(w.grad, gw_ref) < 0.02
+    assert rel_err(x.grad, gx_ref) < 0.15  # e5m2 gradient: 2 mantissa bits
+    assert rel_err(w.grad, gw_ref) < 0.15  # grad_w from FP8 too now (the record's), accumulated in float32

@@ -1,11 +1,14 @@
 """Short track of the speedrun harness: GPT-2-small-class model on FineWeb to val loss 3.28.
 
 An independent implementation of the recipe of the short-track record "fused value embeddings"
-(seeds 001-003 in the design notes): 11 layers, width 768, 6 heads of 128, vocab padded to 50304, no attention
-in layer 6, 5 value-embedding tables fused in one parameter, bigram hash embedding, paired-head attention,
-YaRN on window changes, partial key offset on long windows, sliding windows in 128-token blocks, batch ramp,
-multi-token prediction early, embed/lm_head split at 2/3, FP8 lm_head, Muon-family optimizer (Polar Express on
-bf16 weights with a float32 mantissa buffer, own Triton kernel for X X^T) and Adam for embeddings and scalars.
+(seeds 001-003 in the design notes), following the facts of the record's code of seed 001 (NOTES.md has the
+point-by-point table): 11 layers, width 768, 6 heads of 128, vocab padded to 50304, no attention in layer 6,
+5 value-embedding tables fused in one parameter, bigram hash embedding, attention and value-embedding gates,
+smear, one gated skip, backout, paired-head attention, YaRN on window changes, partial key offset on long
+windows, sliding windows in 128-token blocks over packed documents, batch ramp with stage learning rates,
+multi-token prediction early, embed/lm_head split at 2/3, FP8 lm_head with fixed scales, NorMuon (Polar Express
+on bf16 weights with a float32 mantissa buffer, own Triton kernel for X X^T, variance reduction, cautious weight
+decay) and Adam with cautious weight decay on odd steps for embeddings, gates and scalars.
 
 Launch:  python train_gpt.py                                   (one GPU, 8 accumulation steps)
          torchrun --standalone --nproc_per_node=8 train_gpt.py  (the record setting)
