@@ -169,8 +169,12 @@ def test_compiled_model_gradients_match_eager(tg):
     # bf16 rounding differs between the fused and the unfused graph: ~1-5% on the small skip-weight gradients
     # (seen on the H100: 0.055 on a 2-element gradient of size 3e-5), while the in-graph block-mask bug gave errors
     # of 25-40x; 0.1 keeps a wide margin on both sides.
+    # The scalars and gates (< 1000 elements: residual, x0, backout and skip gains) get sums over every token
+    # that largely cancel (the final rms norm makes the output nearly scale-invariant), so their bf16 rounding
+    # noise is relatively larger (on the CPU at init: up to 2.8x, where the exact gradient is ~0); they get 0.5.
     for name in grads_e:
-        assert rel_err(grads_c[name], grads_e[name]) < 0.1, (name, rel_err(grads_c[name], grads_e[name]))
+        limit = 0.5 if grads_e[name].numel() < 1000 else 0.1
+        assert rel_err(grads_c[name], grads_e[name]) < limit, (name, rel_err(grads_c[name], grads_e[name]))
 
 
 def test_block_mask_attention_matches_dense(tg):
