@@ -907,8 +907,8 @@ def test_profile_step_script_profiles_exactly_one_step_and_compares(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     env = dict(os.environ, SPEEDRUN_TINY="1", SPEEDRUN_NUM_ITERATIONS="4", SPEEDRUN_EXTENSION_ITERATIONS="0",
-               SPEEDRUN_VAL_EVERY="4", SPEEDRUN_VAL_TOKENS="512", SPEEDRUN_WARMUP="0", DATA_PATH=str(data_dir),
-               CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+               SPEEDRUN_VAL_EVERY="4", SPEEDRUN_VAL_TOKENS="512", SPEEDRUN_WARMUP="0",
+               DATA_PATH=str(data_dir.parents[1]), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     script = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
     proc = subprocess.run([sys.executable, str(script), "--script", str(TRACK / "train_gpt.py"), "--step", "2",
                            "--out", str(tmp_path / "prof"), "--tag", "ours"], cwd=run_dir, env=env,
