@@ -31,6 +31,11 @@ def kernel_rows(prof, on_gpu: bool) -> list[dict]:
     """Every profiled operation or kernel with its own GPU time (CPU time on a machine without CUDA)."""
     rows = []
     for event in prof.key_averages():
+        # On the GPU only the kernels themselves count: the CPU-side op that launched a kernel (aten::mm, the
+        # launcher of a Triton kernel, which has the kernel's name) carries the same GPU time, and counting
+        # both doubled the total.
+        if on_gpu and not str(getattr(event, "device_type", "")).endswith("CUDA"):
+            continue
         if on_gpu:
             self_us = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0))
             cuda_us = getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0))
@@ -104,12 +109,35 @@ def profile(args) -> int:
     return 0
 
 
+def kernels_only(rows: list[dict]) -> list[dict]:
+    """Rows of a file written before the kernel filter held the launching CPU ops too: drop the aten:: ops and
+    the second of two rows with the same name and GPU time (a Triton launcher and its kernel)."""
+    kept, seen = [], set()
+    for r in rows:
+        mark = (r["name"], r["self_cuda_us"], r["calls"])
+        if r["name"].startswith("aten::") or mark in seen or _launcher_of_variants(r, rows):
+            continue
+        seen.add(mark)
+        kept.append(r)
+    return kept
+
+
+def _launcher_of_variants(row: dict, rows: list[dict]) -> bool:
+    """A user Triton kernel's launcher `name` carries the time of its compiled variants `name_0`, `name_1`."""
+    variants = [r for r in rows if re.fullmatch(re.escape(row["name"]) + r"_\d+", r["name"])]
+    total = sum(r["self_cuda_us"] for r in variants)
+    return bool(variants) and abs(total - row["self_cuda_us"]) <= 0.005 * row["self_cuda_us"]
+
+
 def short_name(name: str, width: int) -> str:
     return name if len(name) <= width else name[:width - 1] + "…"
 
 
 def compare(args) -> int:
     a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
+    for profile in (a, b):
+        profile["kernels"] = kernels_only(profile["kernels"])
+        profile["total_self_cuda_us"] = sum(r["self_cuda_us"] for r in profile["kernels"])
     top_a, top_b = a["kernels"][:args.top], b["kernels"][:args.top]
     print(f"| # | {Path(args.a).stem} kernel | ms | calls | {Path(args.b).stem} kernel | ms | calls |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

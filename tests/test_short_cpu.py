@@ -298,6 +298,25 @@ def test_model_forward_small_cpu(tg):
     assert torch.equal(model.embed_w, model.lm_head_w)  # the embedding starts as the head
 
 
+def test_training_loss_keeps_every_intermediate_at_the_rows_full_length(tg):
+    """On the H200 (torch 2.11) Inductor's mix-order reduction fusion asserted "16384 v.s. 16383" when the
+    next-k-token losses were slices of T - k positions: no intermediate of the loss may be T - 1 or T - 2 long."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    cfg = tg.ModelConfig(model_dim=16, vocab_size=40, use_fp8_head=False, use_triton=False)
+    model = tg.GPT.__new__(tg.GPT)
+    torch.nn.Module.__init__(model)
+    model.cfg = cfg
+    model.lm_head_w = torch.nn.Parameter(torch.randn(40, 16))
+    B, T = 2, 11
+    graph = make_fx(lambda x, t, w: model._training_loss(x, t, w))(
+        torch.randn(B * T, 16), torch.randint(0, 40, (B, T)), torch.tensor([1.0, 0.5, 0.25]))
+    shapes = [tuple(n.meta["val"].shape) for n in graph.graph.nodes
+              if isinstance(n.meta.get("val"), torch.Tensor)]
+    assert any(T in s for s in shapes)  # the trace saw the row
+    short = [s for s in shapes if T - 1 in s or T - 2 in s]
+    assert not short, f"intermediates shorter than the row: {short}"
+
+
 def test_training_loss_is_the_weighted_sum_of_softcapped_cross_entropies(tg):
     torch.manual_seed(0)
     cfg = tg.ModelConfig(model_dim=16, vocab_size=40, use_fp8_head=False, use_triton=False)
@@ -896,6 +915,28 @@ def test_frozen_triton_configs_cover_every_gpu_count(tg):
 
 
 @pytest.mark.slow
+def test_profile_compare_counts_each_kernel_once():
+    """Files from the first H200 profiles held the launching CPU ops beside their kernels (aten::mm, a Triton
+    launcher under its kernel's name, a user kernel's launcher beside its compiled variants _0/_1)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step", path)
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    rows = [{"name": "aten::mm", "self_cuda_us": 900.0, "calls": 4},
+            {"name": "nvjet_gemm", "self_cuda_us": 900.0, "calls": 4},
+            {"name": "triton_poi_fused_x", "self_cuda_us": 50.0, "calls": 8},
+            {"name": "triton_poi_fused_x", "self_cuda_us": 50.0, "calls": 8},
+            {"name": "linear_relu_square_kernel", "self_cuda_us": 30.0, "calls": 2},
+            {"name": "linear_relu_square_kernel_0", "self_cuda_us": 20.0, "calls": 1},
+            {"name": "linear_relu_square_kernel_1", "self_cuda_us": 10.0, "calls": 1},
+            {"name": "softmax_kernel", "self_cuda_us": 7.0, "calls": 1}]
+    kept = ps.kernels_only(rows)
+    assert [r["name"] for r in kept] == ["nvjet_gemm", "triton_poi_fused_x", "linear_relu_square_kernel_0",
+                                         "linear_relu_square_kernel_1", "softmax_kernel"]
+    assert sum(r["self_cuda_us"] for r in kept) == 987.0
+
+
 def test_profile_step_script_profiles_exactly_one_step_and_compares(tmp_path):
     """scripts/profile_step.py runs a training script unchanged, profiles the step after a given step line
     (here our tiny script on CPU), writes the kernel list, and `compare` prints two lists side by side."""

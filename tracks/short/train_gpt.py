@@ -734,12 +734,18 @@ class GPT(nn.Module):
         lse = torch.logsumexp(z, dim=-1)  # one normalizer for every predicted token
         total = z.new_zeros(())
         next_token = None
+        position = torch.arange(T, device=targets.device)
         for k in range(mtp_weights.size(0)):
-            # position t predicts targets[t + k]; the row's last k positions have no target for k
-            picked = z[:, :T - k].gather(-1, targets[:, k:, None]).squeeze(-1)
-            losses = lse[:, :T - k] - picked
+            # Position t predicts targets[t + k]; the row's last k positions have no target for k. Every term
+            # keeps the row's full length (targets rolled by k, the wrapped positions masked to 0): with
+            # slices of T - k positions, Inductor's mix-order reduction fusion (torch 2.11) asserted
+            # "16384 v.s. 16383" while compiling the s0 graph on the H200.
+            shifted = targets if k == 0 else torch.roll(targets, -k, dims=1)
+            losses = lse - z.gather(-1, shifted[..., None]).squeeze(-1)
             if k == 0:
                 next_token = losses.mean()
+            else:
+                losses = torch.where(position < T - k, losses, 0.0)
             total = total + mtp_weights[k] * losses.sum()
         return total, next_token
 
