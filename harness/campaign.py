@@ -399,6 +399,8 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
     if progress.first_step_unix:
         window = [progress.first_step_unix, progress.final_step_unix or progress.last_step_unix]
     expected = arm.track.final_step
+    cache_record = compile_cache.run_record(env or {})
+    compile_cache.note_run(cache_record)  # what `cache export` later says about the folder's last run
     return Run(
         index=index,
         arm=arm.name,
@@ -430,7 +432,7 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
         # process start -> start of the timed part (compile and warm-up), and the cache it started from
         compile_warmup_s=compile_cache.compile_warmup_s(
             started, progress.first_step_unix, progress.first_train_time_ms),
-        compile_cache=compile_cache.run_record(env or {}),
+        compile_cache=cache_record,
     )
 
 

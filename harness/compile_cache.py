@@ -55,6 +55,10 @@ ARCHIVE_FORMAT = 1
 ARCHIVE_KIND = "speedrun-compile-cache"
 MANIFEST = "manifest.json"
 KEY_FILE = "key.json"
+# The harness's own note of the runs that used a folder (state before, files added): read by `cache export`,
+# never exported (another node's history says nothing about its own runs) and not an entry.
+RUNS_FILE = "runs.json"
+RUNS_KEPT = 50
 DEFAULT_ROOT = REPO_ROOT / "cache" / "compile"
 # What the node must share with the node that filled a cache (the rest of the key is per arm).
 HARDWARE_FIELDS = ("gpu", "driver", "arch")  # differ: the archive is foreign
@@ -244,8 +248,51 @@ def count_entries(folder: Path) -> int:
     """Files a compile left in the folder (everything but key.json)."""
     n = 0
     for dirpath, _dirs, files in os.walk(folder):
-        n += sum(1 for f in files if not (f == KEY_FILE and Path(dirpath) == folder))
+        n += sum(1 for f in files if not (f in (KEY_FILE, RUNS_FILE) and Path(dirpath) == folder))
     return n
+
+
+def note_run(record: dict) -> None:
+    """Append a finished run's use of its folder (run_record's dict) to the folder's runs.json. Best effort: the
+    run's own run.json holds the same figures, so a folder that cannot be written loses only this note."""
+    if not record.get("enabled") or not record.get("dir"):
+        return
+    folder = Path(record["dir"])
+    if not folder.is_dir():
+        return
+    runs = folder_runs(folder)
+    runs.append({"state": record.get("state"), "entries_before": record.get("entries_before"),
+                 "entries_after": record.get("entries_after"), "unix": round(time.time(), 1)})
+    try:
+        write_json_atomic(folder / RUNS_FILE, {"runs": runs[-RUNS_KEPT:]})
+    except OSError:
+        pass
+
+
+def folder_runs(folder: Path) -> list[dict]:
+    """The runs noted in a folder's runs.json, oldest first; [] when there is none or it is unreadable."""
+    try:
+        runs = json.loads((folder / RUNS_FILE).read_text()).get("runs")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+
+def export_note(folder: Path) -> str | None:
+    """Why an archive of this folder may leave compiling to the importing node, from its last noted run:
+    Inductor compiles some Triton kernels only when it loads graphs from its cache (the seed-001 record's code:
+    256 files in the first warm run after a cold one, none in the second), so an export taken right after a run
+    that still added files lacks them."""
+    runs = folder_runs(folder)
+    if not runs:
+        return None
+    last = runs[-1]
+    before, after = last.get("entries_before"), last.get("entries_after")
+    if not (isinstance(before, int) and isinstance(after, int)) or after <= before:
+        return None
+    return (f"note: {folder.name}: its last run ({last.get('state')}) still added {after - before} file(s); a node "
+            f"that imports this archive compiles what later runs add again. Export after a run that adds none "
+            f"(for most scripts the second run of a campaign).")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -434,6 +481,8 @@ TRITON_INTERMEDIATES = (".source", ".ttir", ".ttgir", ".llir", ".ptx", ".amdgcn"
 def _skip_in_export(rel: Path, lean: bool = False) -> bool:
     # Triton writes through tmp.pid_* folders and renames; Inductor and Triton use lock files.
     if any(part.startswith("tmp.pid_") for part in rel.parts) or rel.name == "lock" or rel.suffix == ".lock":
+        return True
+    if rel == Path(RUNS_FILE):
         return True
     return lean and rel.parts[0] == "triton" and rel.suffix in TRITON_INTERMEDIATES
 

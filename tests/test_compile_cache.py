@@ -589,3 +589,25 @@ def test_record_md_names_the_warm_runs_that_still_compiled(tmp_path):
     run["compile_cache"]["entries_after"] = run["compile_cache"]["entries_before"]
     run_json.write_text(json.dumps(run))
     assert "still added files" not in record_markdown(copy)
+
+
+def test_export_says_when_the_folders_last_run_still_added_files(root, tmp_path):
+    """On the H200 the seed-001 record's code added 256 files in the first warm run after its cold one (none in
+    the second): an archive exported after the cold run made every importing node compile those again."""
+    arm = probe_arm()
+    (run,) = load_runs(run_campaign(tmp_path / "c1", [arm], ["main"], telemetry=False, on_finish=write_record))
+    folder = Path(run.compile_cache["dir"])
+    assert [(r["state"], r["entries_before"], r["entries_after"]) for r in cc.folder_runs(folder)] == [("cold", 0, 1)]
+    assert cc.count_entries(folder) == 1  # runs.json is the harness's note, not an entry
+    archive = tmp_path / "after-cold.tar.xz"
+    r = run_cli("cache", "export", "--out", archive, env={"SPEEDRUN_CACHE_DIR": str(root)})
+    assert r.returncode == 0, r.stderr
+    assert f"note: {folder.name}: its last run (cold) still added 1 file(s)" in r.stdout
+    with tarfile.open(archive) as tf:
+        assert not [n for n in tf.getnames() if n.endswith(cc.RUNS_FILE)]  # another node's history stays here
+    run_campaign(tmp_path / "c2", [arm], ["main"], telemetry=False, on_finish=write_record)
+    assert [r["state"] for r in cc.folder_runs(folder)] == ["cold", "warm"]
+    r = run_cli("cache", "export", "--out", tmp_path / "after-warm.tar.xz", env={"SPEEDRUN_CACHE_DIR": str(root)})
+    assert r.returncode == 0 and "note:" not in r.stdout
+    (folder / cc.RUNS_FILE).write_text("{not json")  # a damaged note is no history, not an error
+    assert cc.folder_runs(folder) == [] and cc.export_note(folder) is None

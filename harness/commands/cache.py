@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from harness.compile_cache import (PART_MAGIC, TRITON_INTERMEDIATES, archive_bytes, build_archive, cache_root,
-                                   count_entries, extract_archive, folder_bytes, list_folders, node_identity,
+                                   count_entries, export_note, extract_archive, folder_bytes, list_folders, node_identity,
                                    parse_size, part_path, split_parts)
 from harness.errors import HarnessError
 from harness.fsio import write_bytes_atomic
@@ -94,6 +94,10 @@ def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache
         _remove_stale_parts(out_path, len(parts))
     for s in skipped:
         print(f"skipped {s}")
+    for f in folders:
+        note = export_note(f.path)
+        if note:
+            print(note)
     print(f"exported {len(folders)} cache folder(s), {n_files} files, {_mib(raw)} -> {_mib(len(archive))} (xz)")
     for p in written:
         print(f"  {p}  {_mib(p.stat().st_size)}")
