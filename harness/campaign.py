@@ -307,7 +307,7 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                 _write_interrupted(run_dir, arm, index, seed, started, "interrupted (Ctrl-C or SIGTERM)",
                                    compile_warmup_s=compile_cache.compile_warmup_s(
                                        started, progress.first_step_unix, progress.first_train_time_ms),
-                                   compile_record=compile_cache.run_record(env))
+                                   compile_record=compile_cache.finish_run_record(env))
             raise
         returncode = _end_run(proc, tag)  # also what a finished leader left behind
         reader.join(timeout=5)
@@ -399,8 +399,6 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
     if progress.first_step_unix:
         window = [progress.first_step_unix, progress.final_step_unix or progress.last_step_unix]
     expected = arm.track.final_step
-    cache_record = compile_cache.run_record(env or {})
-    compile_cache.note_run(cache_record)  # what `cache export` later says about the folder's last run
     return Run(
         index=index,
         arm=arm.name,
@@ -432,7 +430,7 @@ def _result_from_logs(run_dir: Path, arm: Arm, *, index, seed, status, reason, r
         # process start -> start of the timed part (compile and warm-up), and the cache it started from
         compile_warmup_s=compile_cache.compile_warmup_s(
             started, progress.first_step_unix, progress.first_train_time_ms),
-        compile_cache=cache_record,
+        compile_cache=compile_cache.finish_run_record(env or {}),
     )
 
 

@@ -245,11 +245,18 @@ def _read_key_file(path: Path) -> dict | None:
 
 
 def count_entries(folder: Path) -> int:
-    """Files a compile left in the folder (everything but key.json)."""
+    """Files a compile left in the folder (everything but the harness's key.json and runs.json)."""
     n = 0
     for dirpath, _dirs, files in os.walk(folder):
         n += sum(1 for f in files if not (f in (KEY_FILE, RUNS_FILE) and Path(dirpath) == folder))
     return n
+
+
+def finish_run_record(env: dict[str, str]) -> dict:
+    """run_record at a run's end (finished or interrupted), noted in the folder's runs.json as well."""
+    record = run_record(env)
+    note_run(record)
+    return record
 
 
 def note_run(record: dict) -> None:

@@ -86,6 +86,7 @@ def profile(args) -> int:
             rows = kernel_rows(prof, on_gpu)
             total = sum(r["self_cuda_us"] for r in rows)
             (out / f"{args.tag}.json").write_text(json.dumps({"script": args.script, "step": args.step,
+                                                              "device": "cuda" if on_gpu else "cpu",
                                                               "total_self_cuda_us": total, "kernels": rows},
                                                              indent=1))
             table = prof.key_averages().table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total",
@@ -110,8 +111,9 @@ def profile(args) -> int:
 
 
 def kernels_only(rows: list[dict]) -> list[dict]:
-    """Rows of a file written before the kernel filter held the launching CPU ops too: drop the aten:: ops and
-    the second of two rows with the same name and GPU time (a Triton launcher and its kernel)."""
+    """Rows of a GPU profile written before the kernel filter (no "device" field) held the launching CPU ops too:
+    drop the aten:: ops, the second of two rows with the same name and GPU time (a Triton launcher and its
+    kernel) and a user kernel's launcher beside its variants."""
     kept, seen = [], set()
     for r in rows:
         mark = (r["name"], r["self_cuda_us"], r["calls"])
@@ -136,8 +138,9 @@ def short_name(name: str, width: int) -> str:
 def compare(args) -> int:
     a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
     for profile in (a, b):
-        profile["kernels"] = kernels_only(profile["kernels"])
-        profile["total_self_cuda_us"] = sum(r["self_cuda_us"] for r in profile["kernels"])
+        if "device" not in profile:  # written before kernel_rows kept the kernels alone
+            profile["kernels"] = kernels_only(profile["kernels"])
+            profile["total_self_cuda_us"] = sum(r["self_cuda_us"] for r in profile["kernels"])
     top_a, top_b = a["kernels"][:args.top], b["kernels"][:args.top]
     print(f"| # | {Path(args.a).stem} kernel | ms | calls | {Path(args.b).stem} kernel | ms | calls |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

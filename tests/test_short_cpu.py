@@ -298,15 +298,21 @@ def test_model_forward_small_cpu(tg):
     assert torch.equal(model.embed_w, model.lm_head_w)  # the embedding starts as the head
 
 
-def test_training_loss_keeps_every_intermediate_at_the_rows_full_length(tg):
-    """On the H200 (torch 2.11) Inductor's mix-order reduction fusion asserted "16384 v.s. 16383" when the
-    next-k-token losses were slices of T - k positions: no intermediate of the loss may be T - 1 or T - 2 long."""
-    from torch.fx.experimental.proxy_tensor import make_fx
+def _head_only_model(tg):
+    """A GPT with only its config and a 40 x 16 head: enough for the losses."""
     cfg = tg.ModelConfig(model_dim=16, vocab_size=40, use_fp8_head=False, use_triton=False)
     model = tg.GPT.__new__(tg.GPT)
     torch.nn.Module.__init__(model)
     model.cfg = cfg
     model.lm_head_w = torch.nn.Parameter(torch.randn(40, 16))
+    return model
+
+
+def test_training_loss_keeps_every_intermediate_at_the_rows_full_length(tg):
+    """On the H200 (torch 2.11) Inductor's mix-order reduction fusion asserted "16384 v.s. 16383" when the
+    next-k-token losses were slices of T - k positions: no intermediate of the loss may be T - 1 or T - 2 long."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    model = _head_only_model(tg)
     B, T = 2, 11
     graph = make_fx(lambda x, t, w: model._training_loss(x, t, w))(
         torch.randn(B * T, 16), torch.randint(0, 40, (B, T)), torch.tensor([1.0, 0.5, 0.25]))
@@ -319,11 +325,7 @@ def test_training_loss_keeps_every_intermediate_at_the_rows_full_length(tg):
 
 def test_training_loss_is_the_weighted_sum_of_softcapped_cross_entropies(tg):
     torch.manual_seed(0)
-    cfg = tg.ModelConfig(model_dim=16, vocab_size=40, use_fp8_head=False, use_triton=False)
-    model = tg.GPT.__new__(tg.GPT)
-    torch.nn.Module.__init__(model)
-    model.cfg = cfg
-    model.lm_head_w = torch.nn.Parameter(torch.randn(40, 16))
+    model = _head_only_model(tg)
     B, T = 2, 7
     x = torch.randn(B * T, 16)
     tgt = torch.randint(0, 40, (B, T))

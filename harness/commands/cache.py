@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from harness.compile_cache import (PART_MAGIC, TRITON_INTERMEDIATES, archive_bytes, build_archive, cache_root,
-                                   count_entries, export_note, extract_archive, folder_bytes, list_folders, node_identity,
-                                   parse_size, part_path, split_parts)
+                                   count_entries, export_note, extract_archive, folder_bytes, list_folders,
+                                   node_identity, parse_size, part_path, split_parts)
 from harness.errors import HarnessError
 from harness.fsio import write_bytes_atomic
 
