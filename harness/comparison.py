@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 
 from harness.errors import HarnessError
 from harness.results import BASELINE, CANDIDATE, Run, arm_values, load_campaign, load_runs, ok_runs, pair_differences
@@ -89,6 +88,8 @@ def welch_difference(baseline: list[float], candidate: list[float], confidence: 
     # Welch-Satterthwaite degrees of freedom.
     df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
     t = diff / se
+    import scipy.stats  # deferred: a second of import that every campaign command would pay before its first launch
+
     q = scipy.stats.t.ppf(0.5 + confidence / 2, df)
     return Difference(
         n_baseline=int(a.size),
@@ -134,6 +135,8 @@ def _differs(a: list[float], b: list[float], practical: float) -> bool:
     if abs(float(np.mean(b)) - float(np.mean(a))) <= practical:
         return False
     if len(a) >= 2 and len(b) >= 2 and (np.std(a) > 0 or np.std(b) > 0):
+        import scipy.stats  # deferred, as in welch_difference
+
         with warnings.catch_warnings():  # one arm without spread makes scipy warn; the p-value is still right
             warnings.simplefilter("ignore", RuntimeWarning)
             return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue) < NOISE_P

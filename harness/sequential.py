@@ -32,9 +32,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.integrate
-import scipy.special
-import scipy.stats
 
 from harness.rules import ALPHA
 
@@ -72,6 +69,7 @@ def log_J(k, z, tail: int = 400) -> np.ndarray:
     I_k is the minimal solution, so the ratio comes from the backward recurrence r_k = k / (r_(k+1) - z),
     started `tail` steps above at the saddle-point value, which contracts the starting error away.
     """
+    import scipy.special  # deferred (all scipy here): its import costs every campaign command a second before launch
     k_arr, z_arr = np.broadcast_arrays(np.asarray(k, dtype=np.int64), np.asarray(z, dtype=float))
     shape = z_arr.shape
     k_flat = k_arr.ravel()
@@ -195,6 +193,7 @@ def projected_log_e(mean_dev, sd, n_final: int, prior: EffectPrior) -> np.ndarra
 
 def decide(x, reference: float, alpha: float, max_runs: int, prior: EffectPrior, min_runs: int = MIN_RUNS) -> Decision:
     """Whether a campaign with results x (in order) should stop now."""
+    import scipy.stats
     x = np.asarray(x, dtype=float)
     n = int(x.size)
     if n == 0:
@@ -270,6 +269,7 @@ def _result(rejected: np.ndarray, runs: np.ndarray) -> SimulationResult:
 
 def _stop_times(x, reference, alpha, max_runs, prior, futility, min_runs):
     """For each row of x: (ended significant?, runs until stop) under the rules of `decide`."""
+    import scipy.stats
     size, m = x.shape
     k = np.arange(1, m + 1)
     threshold = math.log(1.0 / alpha)
@@ -300,6 +300,7 @@ def _stop_times(x, reference, alpha, max_runs, prior, futility, min_runs):
 def naive_repeated_ttest_error(sims: int, first_look: int, max_runs: int, alpha: float = ALPHA, rng: np.random.Generator | None = None) -> SimulationResult:
     """The false-positive rate of testing the fixed-N t-test after every run from first_look to max_runs and
     stopping at the first p < alpha (what adding runs until p < 0.01 does). Data at the null: mean = target."""
+    import scipy.stats
     rng = rng or np.random.default_rng(0)
     x = rng.standard_normal((sims, max_runs))
     k = np.arange(1, max_runs + 1)
@@ -321,6 +322,8 @@ FIXED_N_MAX = 10**9
 
 def t_test_power(n: int, effect: float, alpha: float = ALPHA) -> float:
     """Power of the one-sided one-sample t-test at alpha with n runs at standardized effect (exact)."""
+    import scipy.integrate
+    import scipy.stats
     crit = scipy.stats.t.ppf(alpha, n - 1)
     nc = effect * math.sqrt(n)
     # reject when t < crit; t ~ noncentral t(n-1, nc)
