@@ -193,7 +193,7 @@ def projected_log_e(mean_dev, sd, n_final: int, prior: EffectPrior) -> np.ndarra
 
 def decide(x, reference: float, alpha: float, max_runs: int, prior: EffectPrior, min_runs: int = MIN_RUNS) -> Decision:
     """Whether a campaign with results x (in order) should stop now."""
-    import scipy.stats
+    import scipy.stats  # deferred, see log_J
     x = np.asarray(x, dtype=float)
     n = int(x.size)
     if n == 0:
@@ -269,7 +269,7 @@ def _result(rejected: np.ndarray, runs: np.ndarray) -> SimulationResult:
 
 def _stop_times(x, reference, alpha, max_runs, prior, futility, min_runs):
     """For each row of x: (ended significant?, runs until stop) under the rules of `decide`."""
-    import scipy.stats
+    import scipy.stats  # deferred, see log_J
     size, m = x.shape
     k = np.arange(1, m + 1)
     threshold = math.log(1.0 / alpha)
@@ -300,7 +300,7 @@ def _stop_times(x, reference, alpha, max_runs, prior, futility, min_runs):
 def naive_repeated_ttest_error(sims: int, first_look: int, max_runs: int, alpha: float = ALPHA, rng: np.random.Generator | None = None) -> SimulationResult:
     """The false-positive rate of testing the fixed-N t-test after every run from first_look to max_runs and
     stopping at the first p < alpha (what adding runs until p < 0.01 does). Data at the null: mean = target."""
-    import scipy.stats
+    import scipy.stats  # deferred, see log_J
     rng = rng or np.random.default_rng(0)
     x = rng.standard_normal((sims, max_runs))
     k = np.arange(1, max_runs + 1)
@@ -322,8 +322,8 @@ FIXED_N_MAX = 10**9
 
 def t_test_power(n: int, effect: float, alpha: float = ALPHA) -> float:
     """Power of the one-sided one-sample t-test at alpha with n runs at standardized effect (exact)."""
-    import scipy.integrate
-    import scipy.stats
+    import scipy.integrate  # deferred, see log_J
+    import scipy.stats  # deferred, see log_J
     crit = scipy.stats.t.ppf(alpha, n - 1)
     nc = effect * math.sqrt(n)
     # reject when t < crit; t ~ noncentral t(n-1, nc)
