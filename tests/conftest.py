@@ -103,3 +103,12 @@ def run_collective_worker(nproc: int, out_dir: Path, backend: str) -> list[dict]
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn for a harness the test will Ctrl-C: SIGINT back to its default. A test suite started from a
+    background job (`cmd &` in a script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt,
+    so the harness would run to its end instead of stopping."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

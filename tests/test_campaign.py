@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import FIXTURES, REPO, run_cli
+from conftest import FIXTURES, REPO, run_cli, sigint_as_in_a_terminal
 from harness.campaign import make_arm, parse_env_pairs, run_campaign
 from harness.errors import HarnessError
 from harness.record_block import parse_blocks
@@ -118,7 +118,7 @@ def _start_campaign(out, runs, *env_pairs):
     for pair in env_pairs:
         cmd += ["--env", pair]
     return subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
 
 
 def test_ctrl_c_keeps_everything_and_resume_finishes(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, run_cli
+from conftest import FIXTURES, REPO, run_cli, sigint_as_in_a_terminal
 from harness.campaign import make_arm, run_campaign
 from harness.results import load_runs
 
@@ -60,7 +60,7 @@ def make_script(tmp_path: Path, active: str = "pass", after: str = "") -> Path:
 def start_harness(*args, env=None) -> subprocess.Popen:
     full = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="400", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
 
 
 def wait_for(pred, timeout=60.0) -> bool:
