@@ -3,6 +3,8 @@ the pre-flight checks, a failed run's reason, and the PASS/FAIL verdict with its
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -282,9 +284,6 @@ def test_scaling_of_a_gpu_track_in_its_smoke_mode_skips_the_gpu_count(monkeypatc
 def test_campaign_commands_reach_their_first_launch_without_importing_scipy():
     # scipy.stats costs about a second of import (1.9 s under the profiler on the H200 node), paid before the
     # first run starts; it is needed only for the statistics at the end.
-    import subprocess
-    import sys
-
     code = ("import sys; import harness.cli, harness.commands.run, harness.commands.compare, harness.campaign; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,

@@ -916,15 +916,10 @@ def test_frozen_triton_configs_cover_every_gpu_count(tg):
     assert len(problems) == 16  # 2 shapes x 2 products x 4 GPU counts, no duplicate keys
 
 
-@pytest.mark.slow
 def test_profile_compare_counts_each_kernel_once():
     """Files from the first H200 profiles held the launching CPU ops beside their kernels (aten::mm, a Triton
     launcher under its kernel's name, a user kernel's launcher beside its compiled variants _0/_1)."""
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
-    spec = importlib.util.spec_from_file_location("profile_step", path)
-    ps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ps)
+    ps = load_module("profile_step", Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py")
     rows = [{"name": "aten::mm", "self_cuda_us": 900.0, "calls": 4},
             {"name": "nvjet_gemm", "self_cuda_us": 900.0, "calls": 4},
             {"name": "triton_poi_fused_x", "self_cuda_us": 50.0, "calls": 8},
@@ -939,6 +934,7 @@ def test_profile_compare_counts_each_kernel_once():
     assert sum(r["self_cuda_us"] for r in kept) == 987.0
 
 
+@pytest.mark.slow
 def test_profile_step_script_profiles_exactly_one_step_and_compares(tmp_path):
     """scripts/profile_step.py runs a training script unchanged, profiles the step after a given step line
     (here our tiny script on CPU), writes the kernel list, and `compare` prints two lists side by side."""
