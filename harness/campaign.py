@@ -44,6 +44,10 @@ from harness.tracks import REPO_ROOT, Track, load_track, track_from_dict
 _STEP_RE = re.compile(r"step:(\d+)/(\d+)\b(?:.*?\bval_loss:\s*(\S+))?")
 _TRAIN_TIME_RE = re.compile(r"\btrain_time:(\d+(?:\.\d+)?)ms")
 POLL_S = 0.25
+# A cold compile can print nothing for longer than any sane hang timeout (the medium record's code, cold, on one
+# H200: 925 s of silence in its warm-up while its compile cache grew to 8041 files). A silent run's cache folder
+# is counted this often; a new file there is progress, not a hang.
+COMPILE_CHECK_S = 15.0
 MAX_PENDING_LINE = 1 << 16  # a longer line without a newline is not a step line: only its tail is kept
 RESERVE_NAME = ".space-reserve"  # room to mark the campaign interrupted when the disk fills up (fsio.reserve_space)
 # Set by the harness for every run; --env must not override them (the seed comes from --seed-base).
@@ -180,6 +184,24 @@ class RunProgress:
     # of a line gives its time (the second comes up to a log poll later and would stretch the timed window)
     seen_step_lines: set = field(default_factory=set)
     write_error: OSError | None = None  # output.txt could not be written (a full disk): the run is stopped
+    compile_files: int | None = None  # files in the run's compile cache folder at the last count
+    last_compile_unix: float | None = None  # when that count last grew
+    compile_checked_unix: float = 0.0
+
+    def last_activity(self) -> float:
+        """The last sign of life: a line of output (console or log file) or a new compile-cache file."""
+        return max(self.last_output, self.last_compile_unix or 0.0)
+
+    def watch_compile(self, cache_dir: Path | None, now: float) -> None:
+        """Count the compile cache folder's files, at most every COMPILE_CHECK_S and only while the run is silent
+        (a busy run needs no second sign of life, and counting a large cache is not free)."""
+        if cache_dir is None or min(now - self.last_output, now - self.compile_checked_unix) < COMPILE_CHECK_S:
+            return
+        self.compile_checked_unix = now
+        n = compile_cache.count_entries(cache_dir) if cache_dir.is_dir() else 0
+        if self.compile_files is not None and n > self.compile_files:
+            self.last_compile_unix = now
+        self.compile_files = n
 
     def feed(self, line: str) -> None:
         self.last_output = time.time()
@@ -263,6 +285,9 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
     env = run_environment(arm, seed, index, campaign_id)
     tag = env[RUN_TAG_VAR] = run_tag(run_dir)  # inherited by every process of the run: procs finds them by it
     progress = RunProgress()
+    cache_dir = Path(env["SPEEDRUN_COMPILE_CACHE"]) if env.get("SPEEDRUN_COMPILE_CACHE") else None
+    if cache_dir is not None:
+        progress.compile_files = int(env.get("SPEEDRUN_COMPILE_CACHE_ENTRIES", "0"))
     sampler = _start_telemetry(run_dir, arm, env) if telemetry else None
     started = time.time()
     status, reason, returncode = OK, None, None
@@ -284,6 +309,7 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                 if size != last_size:  # a script that logs only to its file is still alive
                     last_size, progress.last_output = size, time.time()
                 _follow_log(logs, progress)
+                progress.watch_compile(cache_dir, time.time())
                 if on_progress:
                     on_progress(progress)
                 now = time.time()
@@ -293,9 +319,10 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                     status, reason = FAILED, progress.nonfinite
                 elif now - started > arm.track.timeout_s:
                     status, reason = FAILED, f"timed out after {arm.track.timeout_s:.0f} s (track timeout_s)"
-                elif now - progress.last_output > arm.track.hang_timeout_s:
+                elif now - progress.last_activity() > arm.track.hang_timeout_s:
                     status, reason = FAILED, (f"hung: no new output for {arm.track.hang_timeout_s:.0f} s "
-                                                f"(last step seen {progress.step}/{progress.total})")
+                                              + ("and no new compile-cache file " if cache_dir else "")
+                                              + f"(last step seen {progress.step}/{progress.total})")
                 if status == FAILED:
                     break
         except KeyboardInterrupt:

@@ -76,6 +76,27 @@ def test_hung_run_is_killed_with_its_process_group(tmp_path, fake_track):
         os.kill(pid, 0)
 
 
+def test_silent_compile_that_fills_its_cache_is_not_a_hang(tmp_path, fake_track, monkeypatch):
+    """A cold start that prints nothing for longer than the hang timeout while its compile cache grows (the medium
+    record's code printed nothing for 925 s on one H200) runs on; once the cache stops growing too, it is hung."""
+    import harness.campaign as campaign_module
+    monkeypatch.setattr(campaign_module, "COMPILE_CHECK_S", 1.0)
+    _, runs, _ = campaign(tmp_path / "a", fake_track, n=1, env={"FAKE_MODE": "compile", "FAKE_COMPILE_S": "20"},
+                          hang_timeout_s=8.0)
+    assert runs[0].status == "ok", runs[0].reason
+    record = runs[0].compile_cache
+    assert record["entries_after"] - record["entries_before"] == 20
+    _, runs, _ = campaign(tmp_path / "b", fake_track, n=1, env={"FAKE_MODE": "compile-hang", "FAKE_COMPILE_S": "3"},
+                          hang_timeout_s=8.0)
+    assert runs[0].status == "failed"
+    assert runs[0].reason.startswith("hung: no new output for 8 s and no new compile-cache file"), runs[0].reason
+    # Without the harness's cache there is nothing to watch: the same silent compile is a hang.
+    monkeypatch.setenv("SPEEDRUN_NO_CACHE", "1")
+    _, runs, _ = campaign(tmp_path / "c", fake_track, n=1, env={"FAKE_MODE": "compile", "FAKE_COMPILE_S": "20"},
+                          hang_timeout_s=8.0)
+    assert runs[0].status == "failed" and runs[0].reason.startswith("hung: no new output for 8 s (last"), runs[0].reason
+
+
 def test_wall_timeout(tmp_path, fake_track):
     _, runs, _ = campaign(tmp_path, fake_track, n=1, env={"FAKE_MODE": "hang"}, timeout_s=1.5,
                           hang_timeout_s=100.0)

@@ -45,7 +45,10 @@ class LiveDisplay:
         if self.run_task is None:
             return
         loss = f"val_loss {p.last_val_loss:.4f}" if p.last_val_loss is not None else "val_loss -"
-        self.progress.update(self.run_task, completed=p.step, total=p.total, info=f"step {p.step}  {loss}")
+        info = f"step {p.step}  {loss}"
+        if p.first_step_unix is None and p.last_compile_unix is not None:  # a silent cold start is compiling
+            info += f"  compiling: {p.compile_files} cache files"
+        self.progress.update(self.run_task, completed=p.step, total=p.total, info=info)
 
     def run_done(self, k: int, result: Run) -> None:
         self.progress.advance(self.campaign_task)
