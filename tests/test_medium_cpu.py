@@ -359,8 +359,8 @@ def test_frozen_triton_configs_cover_every_gpu_count(tg):
     """On K GPUs each rank orthogonalizes ceil(n/K) matrices of a shape. Every shape the real model's NorMuon groups
     send to the Triton kernel on 1, 2, 4 and 8 GPUs must be a problem of the autotuner, and every GPU entry of
     triton_configs.json must have all of them (a partial entry would silently use the default config). Whether
-    the GPU at hand has an entry is tests/gpu/test_medium_gpu.py's check: none is frozen until `speedrun autotune
-    medium` has run on it."""
+    the GPU at hand has an entry is tests/gpu/test_medium_gpu.py's check (`speedrun autotune medium` writes one;
+    the H200 has one since 2026-12-01)."""
     with torch.device("meta"):
         model = tg.GPT(tg.ModelConfig(), max_seq_len=4096)
     problems = {tg.kernels.key_of(p) for p in tg.kernels.PROBLEMS}
