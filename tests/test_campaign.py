@@ -285,3 +285,30 @@ def test_a_step_line_read_from_stdout_and_from_the_log_counts_once():
     assert (progress.first_step_unix, progress.last_step_unix, progress.final_step_unix) == first
     progress.feed("step:5/5 val_loss:1.2345 train_time:101ms step_avg:20.20ms")  # a different line still counts
     assert progress.last_step_unix > first[1]
+
+
+def test_compile_watch_counts_only_a_silent_run_and_at_most_every_check_period(tmp_path):
+    from harness.campaign import COMPILE_CHECK_S, RunProgress
+    from harness.commands.progress import LiveDisplay
+
+    cache = tmp_path / "cache"
+    (cache / "triton").mkdir(parents=True)
+    progress = RunProgress(compile_files=0)
+    t = progress.last_output + 1.0
+    (cache / "triton" / "a.so").write_text("x")
+    progress.watch_compile(cache, t)  # output 1 s ago: not silent, not counted
+    assert progress.compile_files == 0 and progress.last_compile_unix is None
+    t = progress.last_output + COMPILE_CHECK_S + 1
+    progress.watch_compile(cache, t)
+    assert progress.compile_files == 1 and progress.last_compile_unix == t and progress.last_activity() == t
+    (cache / "triton" / "b.so").write_text("x")
+    progress.watch_compile(cache, t + 1)  # within the check period: not counted again
+    assert progress.compile_files == 1
+    progress.watch_compile(cache, t + COMPILE_CHECK_S)
+    assert progress.compile_files == 2 and progress.last_compile_unix == t + COMPILE_CHECK_S
+    progress.watch_compile(cache, t + 3 * COMPILE_CHECK_S)  # no new file: the last sign of life stays put
+    assert progress.last_activity() == t + COMPILE_CHECK_S
+    display = LiveDisplay(1, quiet=True)
+    display.run_start(0, "main")
+    display.run_progress(progress)
+    assert "compiling: 2 cache files" in display.progress.tasks[-1].fields["info"]
