@@ -198,7 +198,7 @@ class RunProgress:
         if cache_dir is None or min(now - self.last_output, now - self.compile_checked_unix) < COMPILE_CHECK_S:
             return
         self.compile_checked_unix = now
-        n = compile_cache.count_entries(cache_dir) if cache_dir.is_dir() else 0
+        n = compile_cache.count_entries(cache_dir)  # a folder not made yet counts 0 (os.walk yields nothing)
         if self.compile_files is not None and n > self.compile_files:
             self.last_compile_unix = now
         self.compile_files = n
@@ -309,10 +309,10 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
                 if size != last_size:  # a script that logs only to its file is still alive
                     last_size, progress.last_output = size, time.time()
                 _follow_log(logs, progress)
-                progress.watch_compile(cache_dir, time.time())
+                now = time.time()
+                progress.watch_compile(cache_dir, now)
                 if on_progress:
                     on_progress(progress)
-                now = time.time()
                 if progress.write_error:
                     break
                 if progress.nonfinite:
