@@ -304,12 +304,12 @@ def execute_run(arm: Arm, run_dir: Path, *, index: int, seed: int, campaign_id: 
         try:
             while proc.poll() is None:
                 time.sleep(POLL_S)
+                now = time.time()
                 logs = log_files(run_dir)
                 size = sum(p.stat().st_size for p in logs)
                 if size != last_size:  # a script that logs only to its file is still alive
-                    last_size, progress.last_output = size, time.time()
+                    last_size, progress.last_output = size, now
                 _follow_log(logs, progress)
-                now = time.time()
                 progress.watch_compile(cache_dir, now)
                 if on_progress:
                     on_progress(progress)
