@@ -125,12 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"runs per arm (default {DEFAULT_COMPARE_RUNS})")
     c.add_argument("--until-significant", action="store_true")
     c.add_argument("--max-runs", type=_positive_int)
-    c.add_argument("--nproc", type=_positive_int)
-    c.add_argument("--out")
-    c.add_argument("--env", action="append", metavar="KEY=VALUE")
-    c.add_argument("--data-path", metavar="ROOT", help="folder holding data/fineweb10B/ (the competition's DATA_PATH; default: the repo root)")
-    c.add_argument("--no-telemetry", action="store_true")
-    c.add_argument("--quiet", action="store_true", help="no live progress display")
+
+    pr = sub.add_parser("profile", help="one run of each arm with the PyTorch profiler over the steps after --step; "
+                                        "their kernels side by side")
+    pr.add_argument("baseline", help="track name, script path, record log or record folder")
+    pr.add_argument("candidate", nargs="?", help="a second one, profiled after the first (optional)")
+    pr.add_argument("--step", type=_positive_int, required=True,
+                    help="open the profiler when the script prints step:STEP/... (the steps after it are profiled)")
+    pr.add_argument("--steps", type=_positive_int, default=1, help="steps to profile (default 1)")
+    pr.add_argument("--track", help="the track whose target applies when no side is a track")
+
+    for cmd in (c, pr):  # two arms on this node
+        cmd.add_argument("--nproc", type=_positive_int)
+        cmd.add_argument("--out")
+        cmd.add_argument("--env", action="append", metavar="KEY=VALUE")
+        cmd.add_argument("--data-path", metavar="ROOT",
+                         help="folder holding data/fineweb10B/ (the competition's DATA_PATH; default: the repo root)")
+        cmd.add_argument("--no-telemetry", action="store_true")
+        cmd.add_argument("--quiet", action="store_true", help="no live progress display")
 
     sc = sub.add_parser("scaling", help="the same script on 1, 2, ... K GPUs of this node: step-time scaling, "
                                         "loss at equal steps")
@@ -182,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
             cp.add_argument("files", nargs="+", metavar="FILE", help="the archive, or every part of a split export")
 
     # Record code: a record log or record folder wherever a script is accepted; extract, prefetch, env --for.
-    for cmd in (r, c, sc):
+    for cmd in (r, c, pr, sc):
         cmd.add_argument("--add-file", action="append", metavar="PATH",
                          help="place this file beside code extracted from a record log (a module the log does "
                               "not embed; recorded as not from the log); repeatable")
@@ -267,6 +279,13 @@ def dispatch(args: argparse.Namespace) -> int:
                            max_runs=args.max_runs, out=args.out, env=_env_pairs(args.env), nproc=args.nproc,
                            data_path=args.data_path, telemetry=not args.no_telemetry, quiet=args.quiet,
                            add_files=args.add_file, track=args.track, run_anyway=args.run_anyway)
+    if args.command == "profile":
+        from harness.commands.profile import cmd_profile
+
+        return cmd_profile(args.baseline, args.candidate, step=args.step, steps=args.steps, nproc=args.nproc,
+                           env=_env_pairs(args.env), data_path=args.data_path, out=args.out,
+                           telemetry=not args.no_telemetry, quiet=args.quiet, add_files=args.add_file,
+                           track=args.track, run_anyway=args.run_anyway)
     if args.command == "scaling":
         from harness.commands.scaling import cmd_scaling
 

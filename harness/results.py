@@ -297,6 +297,7 @@ class Campaign:
     compare: dict | None = None  # a comparison's two specs and its order
     scaling: dict | None = None  # a scaling campaign's GPU counts and rounds
     until_significant: dict | None = None  # {"max_runs": N[, "kind": stop rule]}
+    profile: dict | None = None  # speedrun profile: the step window and each arm's spec (no timing result)
     status: str | None = None  # running, complete, stopped-early, interrupted
     stop_reason: str | None = None
     triton_autotune: dict | None = None  # the configs runs 2..N used (compile_cache.autotune_record)
@@ -307,7 +308,7 @@ class Campaign:
         return _from_json(cls, data, CAMPAIGN_FIELDS)
 
     def to_json(self) -> dict:
-        optional = ("compare", "scaling", "until_significant", "status", "stop_reason", "triton_autotune")
+        optional = ("compare", "scaling", "until_significant", "profile", "status", "stop_reason", "triton_autotune")
         return {name: getattr(self, name) for name in CAMPAIGN_FIELDS
                 if name not in optional or getattr(self, name) is not None}
 

@@ -1,0 +1,16 @@
+#!/bin/bash
+# poll.sh LIMIT: start $DRIVER once (setsid, survives the call), then wait until it ends or LIMIT s pass; ship $W.
+LIMIT=${1:-550}; W=/var/tmp/w; T0=$(date +%s)
+if [ ! -e /var/tmp/started ]; then
+  touch /var/tmp/started; mkdir -p $W
+  rm -rf /var/tmp/r && mkdir -p /var/tmp/r && cp -a . /var/tmp/r/
+  (cd /var/tmp/r && setsid nohup bash scripts/device/${DRIVER:-m.sh} > $W/driver.log 2>&1 < /dev/null &)
+  echo "started driver ${DRIVER:-m.sh} at $(date)"
+else
+  echo "driver already started; machine warm"
+fi
+while [ ! -e $W/done ] && [ $(( $(date +%s) - T0 )) -lt $LIMIT ]; do sleep 5; done
+nvidia-smi --query-gpu=memory.used,utilization.gpu,clocks.sm --format=csv,noheader
+tar czf $OUT/w.tgz -C /var/tmp w 2>/dev/null
+ls -la $OUT; tail -c 4000 $W/driver.log; ls $W
+[ -e $W/done ] && echo DRIVER_DONE
