@@ -53,8 +53,12 @@ class Profile:
     last_step: int | None  # None: the run ended inside the window
     steps: int | None
     window_s: float
-    busy_us: float
     kernels: tuple[Kernel, ...]
+
+    @property
+    def busy_us(self) -> float:
+        """Device time of the whole window (the kernels' sum, the hook's "(other N kernels)" line included)."""
+        return sum(k.total_us for k in self.kernels)
 
     def per_step_ms(self, us: float) -> float:
         return us / 1000.0 / (self.steps or 1)
@@ -88,9 +92,9 @@ def load_profile(run_dir: str | Path) -> Profile | None:
         raise bad("'last_step' and 'steps' must give the window's steps")
     if last is None and steps is not None:
         raise bad("'steps' without 'last_step'")
-    window_s, busy = doc.get("window_s"), doc.get("busy_us")
-    if not (_number(window_s) and window_s >= 0 and _number(busy) and busy >= 0):
-        raise bad("'window_s' and 'busy_us' must be non-negative numbers")
+    window_s = doc.get("window_s")
+    if not (_number(window_s) and window_s >= 0):
+        raise bad("'window_s' must be a non-negative number")
     rows = doc.get("kernels")
     if not isinstance(rows, list):
         raise bad("'kernels' must be a list")
@@ -100,7 +104,7 @@ def load_profile(run_dir: str | Path) -> Profile | None:
                 and r["calls"] >= 0 and _number(r.get("total_us")) and r["total_us"] >= 0):
             raise bad(f"kernel {i} needs a name, whole calls and non-negative total_us")
         kernels.append(Kernel(r["name"], r["calls"], float(r["total_us"])))
-    return Profile(doc["device"], first, last, steps, float(window_s), float(busy), tuple(kernels))
+    return Profile(doc["device"], first, last, steps, float(window_s), tuple(kernels))
 
 
 def _whole(x) -> bool:
@@ -124,7 +128,7 @@ def kinds_side_by_side(profiles: dict[str, Profile]) -> list[KindRow]:
     kinds = [kind for kind, _ in KINDS] + [OTHER]
     rows = [KindRow(kind, {arm: profiles[arm].per_step_ms(per_arm[arm][kind]) for arm in profiles})
             for kind in kinds if any(per_arm[arm][kind] > 0 for arm in profiles)]
-    rows.append(KindRow("all kernels", {arm: p.per_step_ms(sum(per_arm[arm].values())) for arm, p in profiles.items()}))
+    rows.append(KindRow("all kernels", {arm: p.per_step_ms(p.busy_us) for arm, p in profiles.items()}))
     return rows
 
 

@@ -20,7 +20,6 @@ from harness.campaign import is_code_spec, make_arm, new_campaign_dir, run_campa
 from harness.commands.campaigns import EXIT_SOME_RUNS_FAILED, with_data_path
 from harness.commands.compare import build_arms, track_of
 from harness.commands.progress import LiveDisplay
-from harness.errors import HarnessError
 from harness.fsio import write_text_atomic
 from harness.profiles import Profile, kinds_side_by_side, load_profile, profile_markdown, top_kernels
 from harness.record_preflight import prepare_arms
@@ -28,17 +27,13 @@ from harness.results import BASELINE, CANDIDATE, COMPARE, OK, RUN, load_runs
 from harness.tracks import load_track
 
 HOOK_DIR = Path(harness.profile_hook.__file__).resolve().parent
-START_VAR, STEPS_VAR = "SPEEDRUN_PROFILE_STEP", "SPEEDRUN_PROFILE_STEPS"  # read by the hook
+START_VAR, STEPS_VAR = "SPEEDRUN_PROFILE_STEP", "SPEEDRUN_PROFILE_STEPS"  # read by the hook (its own copy)
 EXIT_NO_PROFILE = 1
 
 
 def profile_environment(env: dict[str, str], step: int, steps: int) -> dict[str, str]:
     """env plus what makes the hook profile: its folder first on PYTHONPATH (before the arm's own or this
-    shell's), and the window."""
-    if step < 1:
-        raise HarnessError(f"--step {step}: the first step line a script prints is step:1, so --step must be >= 1")
-    if steps < 1:
-        raise HarnessError(f"--steps {steps}: profile at least one step")
+    shell's), and the window (step, steps >= 1: the CLI checks both)."""
     inherited = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     path = os.pathsep.join(p for p in (str(HOOK_DIR), inherited) if p)
     return {**env, "PYTHONPATH": path, START_VAR: str(step), STEPS_VAR: str(steps)}

@@ -22,6 +22,7 @@ import sys
 import time
 
 STEP_LINE = re.compile(r"step:(\d+)/(\d+) train_time:")
+# set by harness/commands/profile.py, which names them again: this module runs without the harness on its path
 START_VAR, STEPS_VAR, DIR_VAR = "SPEEDRUN_PROFILE_STEP", "SPEEDRUN_PROFILE_STEPS", "SPEEDRUN_PROFILE_DIR"
 TOP_KERNELS = 300  # kernels.json keeps the longest ones; the rest are summed into one line
 
@@ -108,8 +109,7 @@ def write_profile(prof, out_dir: str, *, first_step: int, last_step: int | None,
                      "total_us": round(sum(r["total_us"] for r in rest), 3)})
     steps = (last_step - first_step + 1) if last_step is not None else None
     doc = {"format": 1, "device": "cuda" if cuda else "cpu", "first_step": first_step, "last_step": last_step,
-           "steps": steps, "window_s": round(window_s, 6),
-           "busy_us": round(sum(r["total_us"] for r in rows), 3), "kernels": kept}
+           "steps": steps, "window_s": round(window_s, 6), "kernels": kept}
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     _atomic_text(os.path.join(out_dir, "table.txt"), prof.key_averages().table(sort_by=sort_by, row_limit=60))
     raw = os.path.join(out_dir, "trace.json")
