@@ -1,0 +1,85 @@
+"""The fused softcapped multi-token cross-entropy (tracks/short/fused_ce.py) on a GPU (skipped without CUDA): at the
+short track's vocabulary and a micro-batch's row count it gives the loss and gradient of the track's own path
+(float32 softcap, logsumexp and gathers through autograd), and a pytest-benchmark of both.
+
+Run: pytest tests/gpu/test_fused_ce_gpu.py            (add --benchmark-only for the timings alone)
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+REPO = Path(__file__).resolve().parents[2]
+SOFTCAP = (23.0, 5.0, 7.5)  # the short track's ModelConfig.softcap
+V = 50304
+
+
+@pytest.fixture(scope="module")
+def fce():
+    spec = importlib.util.spec_from_file_location("fused_ce", REPO / "tracks/short/fused_ce.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+def _inputs(fce, rows_per_seq=2048, seqs=8, k=3, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    logits = (torch.randn(seqs * rows_per_seq, V, device="cuda", generator=g) * 6).bfloat16()
+    targets = torch.randint(0, V, (seqs, rows_per_seq), device="cuda", generator=g)
+    weights = torch.tensor([1.0, 0.5, 0.25][:k], device="cuda")
+    return logits, fce.mtp_targets(targets, k), weights
+
+
+def _track_path(logits, tk, weights):
+    """The track's training loss as written in train_gpt.py: float32 softcap, one logsumexp, one gather per target."""
+    a, b, c = SOFTCAP
+    z = a * torch.sigmoid((logits.float() + b) / c)
+    lse = torch.logsumexp(z, dim=-1)
+    total = z.new_zeros(())
+    for k in range(tk.size(1)):
+        t = tk[:, k]
+        term = torch.where(t >= 0, lse - z.gather(-1, t.clamp(min=0)[:, None]).squeeze(-1), 0.0)
+        total = total + weights[k] * term.sum()
+    return total
+
+
+def test_fused_matches_the_track_path_at_vocab_50304(fce):
+    logits, tk, w = _inputs(fce)
+    ref_in = logits.clone().requires_grad_(True)
+    ref = _track_path(ref_in, tk, w)
+    ref.backward()
+    got_in = logits.clone().requires_grad_(True)
+    got, nxt = fce.SoftcappedMTPCrossEntropy.apply(got_in, tk, w, SOFTCAP)
+    got.backward()
+    assert torch.isfinite(got) and abs(got.item() - ref.item()) <= 1e-4 * abs(ref.item())
+    assert 0.0 < nxt.item() < 23.0
+    err = (got_in.grad.float() - ref_in.grad.float()).abs().max().item()
+    assert err <= 2e-2 * ref_in.grad.float().abs().max().item(), err
+
+
+def _step(fn):
+    def run():
+        fn()
+        torch.cuda.synchronize()
+    return run
+
+
+@pytest.mark.parametrize("impl", ["fused", "track_compiled"])
+def test_bench_head_loss_fwd_bwd(benchmark, fce, impl):
+    logits, tk, w = _inputs(fce)
+    x = logits.clone().requires_grad_(True)
+    if impl == "fused":
+        def f():
+            fce.SoftcappedMTPCrossEntropy.apply(x, tk, w, SOFTCAP)[0].backward()
+    else:
+        compiled = torch.compile(_track_path)
+        def f():
+            compiled(x, tk, w).backward()
+    for _ in range(3):  # compile, autotune, warm caches
+        f()
+    torch.cuda.synchronize()
+    benchmark(_step(f))

@@ -1,0 +1,111 @@
+"""Fused softcapped multi-token cross-entropy for the short track's head (issue 17; not yet wired into
+train_gpt.py, so not frozen: the device measurement decides).
+
+What it replaces (train_gpt.py, GPT._training_loss): z = A * sigmoid((logits + B) / C) in float32 over the whole
+(tokens x 50304) block, one logsumexp, then one gather per predicted token, and autograd's float32 backward through
+all of it. That path reads and writes the logits block several times and keeps float32 copies of it for the
+backward. Here one Triton program per token row reads its bf16 logits twice (once for the normalizer and the
+target terms, once to write the gradient) and writes the gradient in bf16 during the forward: the loss is the
+graph's last node, so d(total)/d(logits) is known once the normalizer is, and the backward only scales it.
+
+Math, per row r with targets t_k (k < K, -1 where position + k runs past the row) and weights w_k:
+  s_j = sigmoid((l_j + B) / C),  z_j = A s_j  (0 < z_j < A, so sum_j exp(z_j) < 50304 e^23: no running max needed)
+  lse = log sum_j exp(z_j)
+  loss_r = sum_k w_k [t_k >= 0] (lse - z_{t_k})
+  d loss_r / d l_j = (W_r p_j - sum_k w_k [j == t_k]) (A / C) s_j (1 - s_j),  p_j = exp(z_j - lse),
+  W_r = sum_k w_k [t_k >= 0]
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _softcapped_mtp_ce_kernel(logits_ptr, grad_ptr, targets_ptr, weights_ptr, loss_ptr, next_loss_ptr,
+                              n_cols, stride_row, A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
+                              K: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    row_logits = logits_ptr + row * stride_row
+    row_grad = grad_ptr + row * stride_row
+    cols = tl.arange(0, BLOCK)
+
+    # pass 1: the normalizer (z is bounded, so a plain sum of exponentials is safe in float32)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        idx = start + cols
+        mask = idx < n_cols
+        l = tl.load(row_logits + idx, mask=mask, other=0.0).to(tl.float32)
+        z = A * tl.sigmoid((l + B) / C)
+        acc += tl.where(mask, tl.exp(z), 0.0)
+    lse = tl.log(tl.sum(acc, axis=0))
+
+    # the target terms: K scalar loads of the row's logits at the targets
+    loss = lse * 0.0
+    w_total = lse * 0.0
+    for k in tl.static_range(K):
+        t = tl.load(targets_ptr + row * K + k)
+        w = tl.load(weights_ptr + k)
+        valid = t >= 0
+        l_t = tl.load(row_logits + tl.where(valid, t, 0)).to(tl.float32)
+        z_t = A * tl.sigmoid((l_t + B) / C)
+        term = tl.where(valid, lse - z_t, 0.0)
+        if k == 0:
+            tl.store(next_loss_ptr + row, term)
+        loss += w * term
+        w_total += tl.where(valid, w, 0.0)
+    tl.store(loss_ptr + row, loss)
+
+    # pass 2: d loss_r / d logits, written in the logits' dtype
+    for start in range(0, n_cols, BLOCK):
+        idx = start + cols
+        mask = idx < n_cols
+        l = tl.load(row_logits + idx, mask=mask, other=0.0).to(tl.float32)
+        s = tl.sigmoid((l + B) / C)
+        z = A * s
+        g = w_total * tl.exp(z - lse)
+        for k in tl.static_range(K):
+            t = tl.load(targets_ptr + row * K + k)
+            w = tl.load(weights_ptr + k)
+            g -= tl.where(idx == t, w, 0.0)  # t = -1 never matches a column
+        g = g * (A / C) * s * (1.0 - s)
+        tl.store(row_grad + idx, g.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def mtp_targets(targets: torch.Tensor, k_max: int) -> torch.Tensor:
+    """(B, T) next-token targets -> (B*T, k_max): column k is the target k tokens further on, -1 past the row's end
+    (position t predicts targets[t + k])."""
+    B, T = targets.shape
+    out = torch.full((B, T, k_max), -1, dtype=torch.int64, device=targets.device)
+    for k in range(k_max):
+        out[:, :T - k, k] = targets[:, k:]
+    return out.view(B * T, k_max)
+
+
+class SoftcappedMTPCrossEntropy(torch.autograd.Function):
+    """(logits (N, V), targets (N, K) int64 with -1 for none, weights (K,) float32) -> (sum over rows of the
+    weighted losses, mean next-token loss). Only the first output carries a gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = 1024):
+        assert logits.dim() == 2 and logits.stride(1) == 1, "logits: (rows, vocab), rows contiguous"
+        n_rows, n_cols = logits.shape
+        K = targets.shape[1]
+        a, b, c = (float(v) for v in softcap)
+        grad = torch.empty_like(logits)
+        row_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        next_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        _softcapped_mtp_ce_kernel[(n_rows,)](logits, grad, targets.contiguous(), weights.float().contiguous(),
+                                             row_loss, next_loss, n_cols, logits.stride(0),
+                                             A=a, B=b, C=c, K=K, BLOCK=block)
+        ctx.save_for_backward(grad)
+        next_token = next_loss.mean()
+        ctx.mark_non_differentiable(next_token)
+        return row_loss.sum(), next_token
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_next):
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None  # saved once, used once
