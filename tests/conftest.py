@@ -84,6 +84,36 @@ def load_module(name: str, path):
     return mod
 
 
+_INTERPRETER_PROBE = """
+import torch, triton, triton.language as tl
+@triton.jit
+def fill(x_ptr, n, BLOCK: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    for start in range(0, n, BLOCK):
+        tl.store(x_ptr + start + cols, 1.0, mask=start + cols < n)
+x = torch.zeros(40)
+fill[(1,)](x, 40, BLOCK=16)
+assert x.sum().item() == 40
+"""
+
+
+@pytest.fixture(scope="session")
+def triton_interpreter() -> dict:
+    """The environment that runs Triton kernels on CPU (TRITON_INTERPRET=1), once a trivial kernel has run there.
+
+    Skips where triton is missing, and where its interpreter itself is broken in this environment (Triton 3.6 with
+    numpy 2.4.6: "only 0-dimensional arrays can be converted to Python scalars" on any loop over a runtime
+    bound; numpy 2.2.6 works), so that a test through the interpreter fails only for the kernel it tests."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], capture_output=True, text=True, timeout=120,
+                         env=env)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"Triton's interpreter does not run a trivial kernel here: {last}")
+    return env
+
+
 @pytest.fixture(scope="module")
 def short_gpu_module():
     """The short track's training module with its Triton kernels (GPU tests and benchmarks)."""

@@ -3,7 +3,6 @@ file. The selection logic is real; the benchmark is replaced by a function of th
 One test runs the short track's real Triton kernel through the interpreter when Triton is installed."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -159,9 +158,8 @@ def test_short_kernels_frozen_config_lookup(tmp_path):
     assert "no frozen config" in lines[2] and "b2_m8_k8_noc" in lines[2]
 
 
-def test_real_kernel_through_triton_interpreter(tmp_path):
+def test_real_kernel_through_triton_interpreter(tmp_path, triton_interpreter):
     """The short track's kernel module under TRITON_INTERPRET=1 on CPU: autotune over two small problems."""
-    pytest.importorskip("triton")
     code = textwrap.dedent(f'''
         import sys; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
@@ -175,8 +173,8 @@ def test_real_kernel_through_triton_interpreter(tmp_path):
         res = autotune.tune(m, "cpu", bench=lambda fn: 1.0, log=print)
         print(sorted(res))
     ''')
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=triton_interpreter)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "['b1_m40_k40_c', 'b2_m48_k40_noc']" in out.stdout
 

@@ -1,8 +1,6 @@
 """The fused softcapped multi-token cross-entropy (tracks/short/fused_ce.py) against autograd on the plain formula:
 on CPU through Triton's interpreter (skipped where triton is not installed), and the target layout in plain torch."""
 
-import importlib.util
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_module
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "tracks/short/fused_ce.py"
 
 
 def _load():
     pytest.importorskip("triton")
-    spec = importlib.util.spec_from_file_location("fused_ce", MODULE)
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
+    return load_module("short_fused_ce", MODULE)
 
 
 def test_mtp_targets_shift_each_column_and_mark_the_rows_end():
@@ -32,8 +29,7 @@ def test_mtp_targets_shift_each_column_and_mark_the_rows_end():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype):
-    pytest.importorskip("triton")
+def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype, triton_interpreter):
     code = textwrap.dedent(f'''
         import importlib.util, torch
         spec = importlib.util.spec_from_file_location("fused_ce", {str(MODULE)!r})
@@ -70,7 +66,7 @@ def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype):
         assert (lg.grad.double() * ref).sum() > 0
         print("ok", got_total.item(), err)
     ''')
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=triton_interpreter)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok")

@@ -5,11 +5,12 @@ short track's vocabulary and a micro-batch's row count it gives the loss and gra
 Run: pytest tests/gpu/test_fused_ce_gpu.py            (add --benchmark-only for the timings alone)
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import load_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -20,10 +21,8 @@ V = 50304
 
 @pytest.fixture(scope="module")
 def fce():
-    spec = importlib.util.spec_from_file_location("fused_ce", REPO / "tracks/short/fused_ce.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
+    pytest.importorskip("triton")
+    return load_module("short_fused_ce", REPO / "tracks/short/fused_ce.py")
 
 
 def _inputs(fce, rows_per_seq=2048, seqs=8, k=3, seed=0):
