@@ -1,5 +1,6 @@
-"""The fused softcapped multi-token cross-entropy (tracks/short/fused_ce.py) against autograd on the plain formula:
-on CPU through Triton's interpreter (skipped where triton is not installed), and the target layout in plain torch."""
+"""The fused softcapped multi-token cross-entropy (tracks/short/fused_ce.py) against autograd on the plain formula
+(its reference_loss, in float64): on CPU through Triton's interpreter (skipped where triton is not installed), and the
+target layout in plain torch."""
 
 import subprocess
 import sys
@@ -43,14 +44,7 @@ def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype, tri
         tk = m.mtp_targets(targets, K)
         # the formula in float64 through autograd
         x = logits.double().requires_grad_(True)
-        z = A * torch.sigmoid((x + Bc) / C)
-        lse = torch.logsumexp(z, dim=-1)
-        total, nxt = 0.0, None
-        for k in range(K):
-            t = tk[:, k]; valid = t >= 0
-            term = torch.where(valid, lse - z.gather(-1, t.clamp(min=0)[:, None]).squeeze(-1), 0.0)
-            total = total + weights[k].double() * term.sum()
-            if k == 0: nxt = term.mean()
+        total, nxt = m.reference_loss(x, tk, weights, (A, Bc, C))
         (total * 3.0).backward()
         lg = logits.clone().requires_grad_(True)
         got_total, got_next = m.SoftcappedMTPCrossEntropy.apply(lg, tk, weights, (A, Bc, C), 256)

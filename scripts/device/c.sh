@@ -1,19 +1,13 @@
 #!/bin/bash
-# Concurrent fill on one H200: the medium pair (record code first, then ours) starts cold; beside it, at once, a
+# Concurrent fill on one H200: the medium pair (record code first, then ours) starts cold; beside it, 20 s later, a
 # fill run of ours (cold, its own campaign) puts our compiled graphs in the shared compile cache, so that the
 # pair's ours-arm later starts warm and the long part, the record code's cold compile, gets the rest of the lease.
 # Our fill finishes long before the record code's warm-up ends, so it never overlaps the pair's timed windows.
 # When the fill ends, the fused cross-entropy's GPU test and benchmark run (about a minute, still inside the record
 # code's warm-up, so outside both timed windows).
 set -x
-W=/var/tmp/w; D=/var/tmp/d/data/fineweb10B
-mkdir -p $D && cp .carry/p/*.bin $D/
-for i in $(seq 3 16); do ln -sf fineweb_train_00000$(( (i % 2) + 1 )).bin $D/$(printf 'fineweb_train_%06d.bin' $i); done
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-SCHED="--env SPEEDRUN_NUM_ITERATIONS=48 --env SPEEDRUN_EXTENSION_ITERATIONS=4 --env SPEEDRUN_VAL_EVERY=16 --env SPEEDRUN_VAL_TOKENS=2097152"
-nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv
-date
-( python3 -m harness compare .carry/ref/medium-seed000/train_gpt.py medium --runs 1 --nproc 1 --data-path /var/tmp/d \
+source scripts/device/medium_setup.sh
+( python3 -m harness compare $REF medium --runs 1 --nproc 1 --data-path /var/tmp/d \
     $SCHED --out $W/mcmp --quiet > $W/compare.log 2>&1; echo "compare rc $? at $(date)" >> $W/compare.log ) &
 sleep 20
 # expandable segments keep the fill's reserved memory near its allocated peak beside the record code's run

@@ -84,6 +84,23 @@ def mtp_targets(targets: torch.Tensor, k_max: int) -> torch.Tensor:
     return out.view(B * T, k_max)
 
 
+def reference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, softcap: tuple):
+    """The same two outputs in plain torch, as train_gpt.py computes them (softcap in float32, or float64 for
+    float64 logits; one logsumexp; a gather per target): what the kernel is tested against."""
+    a, b, c = softcap
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    z = a * torch.sigmoid((x + b) / c)
+    lse = torch.logsumexp(z, dim=-1)
+    total, next_token = z.new_zeros(()), None
+    for k in range(targets.size(1)):
+        t = targets[:, k]
+        term = torch.where(t >= 0, lse - z.gather(-1, t.clamp(min=0)[:, None]).squeeze(-1), 0.0)
+        total = total + weights[k].to(z.dtype) * term.sum()
+        if k == 0:
+            next_token = term.mean()
+    return total, next_token
+
+
 class SoftcappedMTPCrossEntropy(torch.autograd.Function):
     """(logits (N, V), targets (N, K) int64 with -1 for none, weights (K,) float32) -> (sum over rows of the
     weighted losses, mean next-token loss). Only the first output carries a gradient."""

@@ -1,0 +1,12 @@
+# Sourced by m.sh and c.sh: the proxy data where the reference expects it, the harness on the path, the schedule.
+W=/var/tmp/w; D=/var/tmp/d/data/fineweb10B
+mkdir -p $D && cp .carry/p/*.bin $D/
+# the reference stops when it runs out of shards: more names for the same two shards
+for i in $(seq 3 16); do ln -sf fineweb_train_00000$(( (i % 2) + 1 )).bin $D/$(printf 'fineweb_train_%06d.bin' $i); done
+ls -la $D
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+SCHED="--env SPEEDRUN_NUM_ITERATIONS=48 --env SPEEDRUN_EXTENSION_ITERATIONS=4 --env SPEEDRUN_VAL_EVERY=16 --env SPEEDRUN_VAL_TOKENS=2097152"
+REF=.carry/ref/medium-seed000/train_gpt.py
+python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)"
+nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv
+date
