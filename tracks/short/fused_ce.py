@@ -106,7 +106,7 @@ class SoftcappedMTPCrossEntropy(torch.autograd.Function):
     weighted losses, mean next-token loss). Only the first output carries a gradient."""
 
     @staticmethod
-    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = 1024):
+    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = 1024, num_warps: int = 4):
         assert logits.dim() == 2 and logits.stride(1) == 1, "logits: (rows, vocab), rows contiguous"
         n_rows, n_cols = logits.shape
         K = targets.shape[1]
@@ -116,7 +116,7 @@ class SoftcappedMTPCrossEntropy(torch.autograd.Function):
         next_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
         _softcapped_mtp_ce_kernel[(n_rows,)](logits, grad, targets.contiguous(), weights.float().contiguous(),
                                              row_loss, next_loss, n_cols, logits.stride(0),
-                                             A=a, B=b, C=c, K=K, BLOCK=block)
+                                             A=a, B=b, C=c, K=K, BLOCK=block, num_warps=num_warps)
         ctx.save_for_backward(grad)
         next_token = next_loss.mean()
         ctx.mark_non_differentiable(next_token)
@@ -125,4 +125,6 @@ class SoftcappedMTPCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_next):
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None  # saved once, used once
+        # out of place: under torch.compile this multiply fuses into the consumer of the gradient (the FP8 head's
+        # cast), and autograd may not let a saved tensor be overwritten
+        return grad * grad_total.to(grad.dtype), None, None, None, None, None
