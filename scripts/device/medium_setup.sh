@@ -3,6 +3,10 @@ W=/var/tmp/w; D=/var/tmp/d/data/fineweb10B
 mkdir -p $D && cp .carry/p/*.bin $D/
 # the reference stops when it runs out of shards: more names for the same two shards
 for i in $(seq 3 16); do ln -sf fineweb_train_00000$(( (i % 2) + 1 )).bin $D/$(printf 'fineweb_train_%06d.bin' $i); done
+# and of the val shard: the reference's warm-up draws one validation batch (262,144 tokens per GPU) for each of its
+# 26 sampled steps from one loader, 6.8 M tokens, more than the proxy's 5 M, and died of StopIteration after 1250 s
+# (stop 29). Every validation in its timed loop starts a new loader, so it still reads the first shard only; so does ours.
+for i in 1 2 3; do ln -sf fineweb_val_000000.bin $D/fineweb_val_00000$i.bin; done
 ls -la $D
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 SCHED="--env SPEEDRUN_NUM_ITERATIONS=48 --env SPEEDRUN_EXTENSION_ITERATIONS=4 --env SPEEDRUN_VAL_EVERY=16 --env SPEEDRUN_VAL_TOKENS=2097152"
