@@ -64,3 +64,44 @@ def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype, tri
                          env=triton_interpreter)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok")
+
+
+def test_track_model_loss_and_gradients_equal_with_the_fused_kernel(triton_interpreter):
+    """train_gpt.py's fused path (cfg.use_fused_ce) against its plain path on the tiny model, under the interpreter:
+    the same total and next-token loss and the same gradient on every parameter, with MTP weights on three targets
+    (the row's last positions have fewer)."""
+    code = textwrap.dedent(f'''
+        import importlib.util, sys, torch
+        spec = importlib.util.spec_from_file_location("tg", {str(REPO / "tracks/short/train_gpt.py")!r})
+        tg = sys.modules["tg"] = importlib.util.module_from_spec(spec); spec.loader.exec_module(tg)
+        assert tg.fused_ce is not None
+        torch.manual_seed(0)
+        cfg = tg.tiny_model_config(); cfg.use_fp8_head = cfg.use_triton = False
+        model = tg.GPT(cfg, max_seq_len=256)
+        with torch.no_grad():  # non-zero output projections: gradient reaches every layer
+            for m in model.mlp: m.proj_w.normal_(0, 0.02)
+        inp = torch.randint(0, 300, (1, 256)); inp[0, 0] = 50256
+        tgt = torch.randint(0, 50304, (1, 256))
+        masks = model.block_masks(inp, torch.tensor([1, 2]))
+        w = torch.tensor([1.0, 0.5, 0.25])
+        out = {{}}
+        for fused in (False, True):
+            model.zero_grad(set_to_none=True)
+            cfg.use_fused_ce = fused
+            total, nxt = model(inp, tgt, masks, w)
+            (total * 0.5).backward()
+            out[fused] = (total.item(), nxt.item(), {{n: p.grad.clone() for n, p in model.named_parameters()
+                                                     if p.grad is not None}})
+        (t0, n0, g0), (t1, n1, g1) = out[False], out[True]
+        assert abs(t1 - t0) <= 1e-5 * abs(t0), (t0, t1)
+        assert abs(n1 - n0) <= 1e-5 * abs(n0), (n0, n1)
+        assert g0.keys() == g1.keys() and len(g0) > 10
+        for name in g0:
+            err = (g1[name] - g0[name]).abs().max().item()
+            assert err <= 1e-4 * g0[name].abs().max().item() + 1e-9, (name, err)
+        print("ok", t0, t1)
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=triton_interpreter)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok")

@@ -858,9 +858,11 @@ def test_polar_express_polynomials_stay_bounded(tg):
 
 def test_diagnostic_switches_parse_and_reject_other_values(tg):
     hp = tg.read_hyperparameters({})
-    assert (hp.warmup, hp.compile, hp.fp8_head, hp.triton, hp.grad_stats) == (True, True, True, True, False)
-    hp = tg.read_hyperparameters({"SPEEDRUN_WARMUP": "0", "SPEEDRUN_FP8_HEAD": "0", "SPEEDRUN_GRAD_STATS": "1"})
-    assert (hp.warmup, hp.compile, hp.fp8_head, hp.triton, hp.grad_stats) == (False, True, False, True, True)
+    assert (hp.warmup, hp.compile, hp.fp8_head, hp.triton, hp.fused_ce, hp.grad_stats) == (True,) * 5 + (False,)
+    hp = tg.read_hyperparameters({"SPEEDRUN_WARMUP": "0", "SPEEDRUN_FP8_HEAD": "0", "SPEEDRUN_FUSED_CE": "0",
+                                  "SPEEDRUN_GRAD_STATS": "1"})
+    assert (hp.warmup, hp.compile, hp.fp8_head, hp.triton, hp.fused_ce, hp.grad_stats) == (
+        False, True, False, True, False, True)
     with pytest.raises(ValueError, match="SPEEDRUN_TRITON must be 0 or 1"):
         tg.read_hyperparameters({"SPEEDRUN_TRITON": "off"})
 

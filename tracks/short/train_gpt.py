@@ -51,15 +51,20 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 HERE = Path(__file__).resolve().parent
 
 
-def _load_kernels():
-    # The track's own Triton kernel, loaded by path so that the script runs from any working directory.
-    spec = importlib.util.spec_from_file_location("short_track_kernels", HERE / "kernels.py")
+def _load_module(name: str, file: str):
+    # The track's own Triton kernels, loaded by path so that the script runs from any working directory.
+    spec = importlib.util.spec_from_file_location(name, HERE / file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-kernels = _load_kernels()
+kernels = _load_module("short_track_kernels", "kernels.py")
+try:
+    import triton  # noqa: F401  (fused_ce.py defines its kernel at import)
+    fused_ce = _load_module("short_track_fused_ce", "fused_ce.py")
+except ImportError:  # CPU-only environments: the plain loss path
+    fused_ce = None
 
 # ----------------------------------------------------------------------------------------------------------------
 # Hyperparameters
@@ -83,11 +88,13 @@ class Hyperparameters:
     # optimizer
     batch_divisor: int = 1  # SPEEDRUN_TINY smoke mode divides every batch by 256
     tiny: bool = False
-    # diagnostic switches (SPEEDRUN_WARMUP / SPEEDRUN_FP8_HEAD / SPEEDRUN_TRITON = 0); record runs keep them on
+    # diagnostic switches (SPEEDRUN_WARMUP / SPEEDRUN_FP8_HEAD / SPEEDRUN_TRITON / SPEEDRUN_FUSED_CE = 0); record
+    # runs keep them on
     warmup: bool = True
     compile: bool = True
     fp8_head: bool = True
     triton: bool = True
+    fused_ce: bool = True
     grad_stats: bool = False
     muon_lr: float = 0.023
     muon_weight_decay: float = 1.2  # cautious; multiplied by the scheduled Muon lr and the matrix's own lr
@@ -102,7 +109,7 @@ class Hyperparameters:
     final_lr_frac: float = 0.1
 
 
-DIAGNOSTIC_SWITCHES = ("warmup", "compile", "fp8_head", "triton", "grad_stats")
+DIAGNOSTIC_SWITCHES = ("warmup", "compile", "fp8_head", "triton", "fused_ce", "grad_stats")
 
 
 def read_hyperparameters(env=None) -> Hyperparameters:
@@ -150,6 +157,7 @@ class ModelConfig:
     attn_scale: float = 0.1  # softmax scale before YaRN (QK-norm makes 1/sqrt(128) too small)
     use_fp8_head: bool = True  # CUDA only; the CPU tests turn it off
     use_triton: bool = True
+    use_fused_ce: bool = False  # the training loss through fused_ce.py (main() turns it on where Triton runs)
 
 
 def tiny_model_config() -> ModelConfig:
@@ -730,6 +738,8 @@ class GPT(nn.Module):
 
     def _training_loss(self, x, targets, mtp_weights):
         B, T = targets.shape
+        if self.cfg.use_fused_ce:
+            return self._fused_training_loss(x, targets, mtp_weights)
         z = softcap(self._logits(x), self.cfg).view(B, T, -1)
         lse = torch.logsumexp(z, dim=-1)  # one normalizer for every predicted token
         total = z.new_zeros(())
@@ -748,6 +758,19 @@ class GPT(nn.Module):
                 losses = torch.where(position < T - k, losses, 0.0)
             total = total + mtp_weights[k] * losses.sum()
         return total, next_token
+
+    def _fused_training_loss(self, x, targets, mtp_weights):
+        """The same two outputs through one Triton kernel over the logits (fused_ce.py): the normalizer, the K target
+        terms and the logits' gradient in one program per token row, instead of the float32 softcap, logsumexp and
+        gathers above (their backward rereads and rewrites the logits block several times)."""
+        B, T = targets.shape
+        position = torch.arange(T, device=targets.device)
+        # column k: the target k tokens on, -1 (no term) for the row's last k positions; full length, as above
+        columns = [targets if k == 0 else torch.where(position < T - k, torch.roll(targets, -k, dims=1), -1)
+                   for k in range(mtp_weights.size(0))]
+        per_token_targets = torch.stack(columns, dim=-1).view(B * T, -1)
+        return fused_ce.SoftcappedMTPCrossEntropy.apply(self._logits(x), per_token_targets, mtp_weights,
+                                                        self.cfg.softcap)
 
     def _eval_loss(self, x, targets, chunk: int = 32768):
         """Mean next-token loss, the head in chunks of rows (a 262144-token row's float logits would be 52 GB)."""
@@ -1152,6 +1175,7 @@ def main():
     cfg = tiny_model_config() if hp.tiny else ModelConfig()
     cfg.use_fp8_head = on_gpu and hp.fp8_head
     cfg.use_triton = on_gpu and hp.triton
+    cfg.use_fused_ce = on_gpu and hp.fused_ce and fused_ce is not None
     changed = [f"{name}={int(getattr(hp, name))}" for name in DIAGNOSTIC_SWITCHES
                if getattr(hp, name) != getattr(Hyperparameters, name)]
     if changed:
