@@ -180,6 +180,45 @@ def test_compiled_model_gradients_match_eager(tg):
         assert rel_err(grads_c[name], grads_e[name]) < limit, (name, rel_err(grads_c[name], grads_e[name]))
 
 
+@pytest.mark.parametrize("fp8_head", [False, True])
+def test_compiled_model_with_fused_ce_matches_the_plain_loss(tg, fp8_head):
+    """The training graph with the fused cross-entropy kernel (cfg.use_fused_ce, what main() runs on a GPU) against the
+    same compiled model with the plain softcap/logsumexp/gather path: loss and every gradient, with the FP8 head
+    (its backward casts the kernel's bf16 gradient) and without."""
+    if tg.fused_ce is None:
+        pytest.skip("triton missing")
+    torch.manual_seed(0)
+    cfg = tg.ModelConfig(num_layers=4, model_dim=128, num_heads=2, head_dim=64, no_attention_layers=(2,),
+                         long_window_layers=(3,), paired_head_layers=(0,), value_embed_layers=(0, 3),
+                         skip_from=1, skip_to=2, backout_layer=2, bigram_buckets=4096, use_fp8_head=fp8_head)
+    model = tg.GPT(cfg, max_seq_len=2048).cuda()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_w", "proj_w")):
+                p.normal_(0, 0.02)
+    B, T = 4, 2048
+    inp = torch.randint(0, 50000, (B, T), device="cuda")
+    inp[:, 0] = tg.BOS_ID
+    tgt = torch.randint(0, 50000, (B, T), device="cuda")
+    masks = model.block_masks(inp, torch.tensor([1, 3], device="cuda", dtype=torch.int32))
+    weights = torch.tensor([1.0, 0.5, 0.25], device="cuda")
+    results = {}
+    for fused in (False, True):
+        cfg.use_fused_ce = fused
+        torch._dynamo.reset()
+        loss, nxt = torch.compile(model, dynamic=False)(inp, tgt, masks, weights)
+        loss.backward()
+        results[fused] = (loss.item(), nxt.item(), {n: p.grad.float().clone() for n, p in model.named_parameters()
+                                                    if p.grad is not None})
+        model.zero_grad(set_to_none=True)
+    (l0, n0, g0), (l1, n1, g1) = results[False], results[True]
+    assert abs(l1 - l0) < 1e-3 * abs(l0) and abs(n1 - n0) < 1e-3 * abs(n0), (l0, l1, n0, n1)
+    assert g0.keys() == g1.keys()
+    for name in g0:  # bf16 logits' gradient on both paths; the FP8 cast of it rounds the same way
+        limit = 0.5 if g0[name].numel() < 1000 else 0.05
+        assert rel_err(g1[name], g0[name]) < limit, (name, rel_err(g1[name], g0[name]))
+
+
 def test_block_mask_attention_matches_dense(tg):
     from torch.nn.attention.flex_attention import flex_attention
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
-"""Fused softcapped multi-token cross-entropy for the short track's head (issue 17; not yet wired into
-train_gpt.py, so not frozen: the device measurement decides).
+"""Fused softcapped multi-token cross-entropy for the short track's training loss (train_gpt.py,
+GPT._fused_training_loss; SPEEDRUN_FUSED_CE=0 runs the plain path instead).
 
-What it replaces (train_gpt.py, GPT._training_loss): z = A * sigmoid((logits + B) / C) in float32 over the whole
+What it replaces (GPT._training_loss, the plain path): z = A * sigmoid((logits + B) / C) in float32 over the whole
 (tokens x 50304) block, one logsumexp, then one gather per predicted token, and autograd's float32 backward through
 all of it. That path reads and writes the logits block several times and keeps float32 copies of it for the
 backward. Here one Triton program per token row reads its bf16 logits twice (once for the normalizer and the
