@@ -74,6 +74,62 @@ def _softcapped_mtp_ce_kernel(logits_ptr, grad_ptr, targets_ptr, weights_ptr, lo
         tl.store(row_grad + idx, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _softcapped_mtp_ce_one_pass_kernel(logits_ptr, grad_ptr, targets_ptr, weights_ptr, loss_ptr, next_loss_ptr,
+                                       row_scale_ptr, n_cols, stride_row, A: tl.constexpr, B: tl.constexpr,
+                                       C: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
+    # One read of the row: the normalizer's terms e_j = exp(z_j) and, in the same loop, the unnormalized gradient
+    # u_j = e_j s_j (1 - s_j). The row's factor (A/C) W_r / S_r is known only after the loop; it goes to row_scale
+    # and is applied by the backward (fused by Inductor into whatever consumes the gradient).
+    row = tl.program_id(0).to(tl.int64)
+    row_logits = logits_ptr + row * stride_row
+    row_grad = grad_ptr + row * stride_row
+    cols = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        idx = start + cols
+        mask = idx < n_cols
+        l = tl.load(row_logits + idx, mask=mask, other=0.0).to(tl.float32)
+        s = tl.sigmoid((l + B) * (1.0 / C))
+        e = tl.exp(A * s)
+        acc += tl.where(mask, e, 0.0)
+        tl.store(row_grad + idx, (e * s * (1.0 - s)).to(grad_ptr.dtype.element_ty), mask=mask)
+    total_exp = tl.sum(acc, axis=0)
+    lse = tl.log(total_exp)
+
+    loss = lse * 0.0
+    w_total = lse * 0.0
+    for k in tl.static_range(K):
+        t = tl.load(targets_ptr + row * K + k)
+        w = tl.load(weights_ptr + k)
+        valid = t >= 0
+        l_t = tl.load(row_logits + tl.where(valid, t, 0)).to(tl.float32)
+        term = tl.where(valid, lse - A * tl.sigmoid((l_t + B) * (1.0 / C)), 0.0)
+        if k == 0:
+            tl.store(next_loss_ptr + row, term)
+        loss += w * term
+        w_total += tl.where(valid, w, 0.0)
+    tl.store(loss_ptr + row, loss)
+    tl.store(row_scale_ptr + row, (A / C) * w_total / total_exp)
+
+    # The target columns: g_t = (A/C) s_t (1 - s_t) (W e_t / S - c_t), c_t the summed weight of the targets equal to
+    # t; stored as u'_t = s_t (1 - s_t) (e_t - S c_t / W) so that row_scale * u'_t is g_t. The barrier orders these
+    # stores after the loop's store to the same address (another thread of the program made it).
+    tl.debug_barrier()
+    for k in tl.static_range(K):
+        t = tl.load(targets_ptr + row * K + k)
+        c = lse * 0.0
+        for j in tl.static_range(K):
+            t_j = tl.load(targets_ptr + row * K + j)
+            c += tl.where(t_j == t, tl.load(weights_ptr + j), 0.0)
+        valid = t >= 0
+        safe_t = tl.where(valid, t, 0)
+        l_t = tl.load(row_logits + safe_t).to(tl.float32)
+        s_t = tl.sigmoid((l_t + B) * (1.0 / C))
+        u_t = s_t * (1.0 - s_t) * (tl.exp(A * s_t) - total_exp * c / w_total)
+        tl.store(row_grad + safe_t, u_t.to(grad_ptr.dtype.element_ty), mask=valid)
+
+
 def mtp_targets(targets: torch.Tensor, k_max: int) -> torch.Tensor:
     """(B, T) next-token targets -> (B*T, k_max): column k is the target k tokens further on, -1 past the row's end
     (position t predicts targets[t + k])."""
@@ -128,3 +184,34 @@ class SoftcappedMTPCrossEntropy(torch.autograd.Function):
         # out of place: under torch.compile this multiply fuses into the consumer of the gradient (the FP8 head's
         # cast), and autograd may not let a saved tensor be overwritten
         return grad * grad_total.to(grad.dtype), None, None, None, None, None
+
+
+class SoftcappedMTPCrossEntropyOnePass(torch.autograd.Function):
+    """The same as SoftcappedMTPCrossEntropy with one read of the logits in the forward (and half its exponentials):
+    the forward writes an unnormalized gradient and a per-row scale, the backward multiplies them (under
+    torch.compile, inside the kernel that consumes the gradient, e.g. the FP8 head's cast)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = 4096, num_warps: int = 8):
+        assert logits.dim() == 2 and logits.stride(1) == 1, "logits: (rows, vocab), rows contiguous"
+        n_rows, n_cols = logits.shape
+        a, b, c = (float(v) for v in softcap)
+        grad = torch.empty_like(logits)
+        row_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        next_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        row_scale = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        _softcapped_mtp_ce_one_pass_kernel[(n_rows,)](
+            logits, grad, targets.contiguous(), weights.float().contiguous(), row_loss, next_loss, row_scale,
+            n_cols, logits.stride(0), A=a, B=b, C=c, K=targets.shape[1], BLOCK=block, num_warps=num_warps)
+        ctx.save_for_backward(grad, row_scale)
+        next_token = next_loss.mean()
+        ctx.mark_non_differentiable(next_token)
+        return row_loss.sum(), next_token
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_next):
+        grad, row_scale = ctx.saved_tensors
+        scale = (row_scale * grad_total)[:, None]
+        if torch.compiler.is_compiling():  # out of place: Inductor fuses it into the gradient's consumer
+            return (grad.float() * scale).to(grad.dtype), None, None, None, None, None
+        return grad.mul_(scale), None, None, None, None, None  # eager: float32 math, in place, no float32 copy
