@@ -6,7 +6,7 @@
 # the rest of the lease. With two GPUs the fill and the GPU tests run on GPU 1, and the pair has GPU 0 to itself;
 # with one they share it (the fill ends long before the record code's timed window, but its compile takes CPUs).
 set -x
-source scripts/device/medium_setup.sh
+source scripts/device/setup.sh  # TRACK unset: medium
 GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 PAIR_GPU=""; SIDE_GPU=""
 if [ "$GPUS" -ge 2 ]; then PAIR_GPU="--env CUDA_VISIBLE_DEVICES=0"; SIDE_GPU="--env CUDA_VISIBLE_DEVICES=1"; fi

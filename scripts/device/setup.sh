@@ -1,4 +1,5 @@
-# Sourced by m.sh and c.sh: the proxy data where the reference expects it, the harness on the path, the schedule.
+# Sourced by the drivers (TRACK=medium or short, medium by default): the proxy data where the reference scripts expect
+# it, the harness on the path, the track's proxy schedule and its reference script.
 W=/var/tmp/w; D=/var/tmp/d/data/fineweb10B
 mkdir -p $D && cp .carry/p/*.bin $D/
 # the reference stops when it runs out of shards: more names for the same two shards
@@ -9,8 +10,13 @@ for i in $(seq 3 16); do ln -sf fineweb_train_00000$(( (i % 2) + 1 )).bin $D/$(p
 for i in 1 2 3; do ln -sf fineweb_val_000000.bin $D/fineweb_val_00000$i.bin; done
 ls -la $D
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-SCHED="--env SPEEDRUN_NUM_ITERATIONS=48 --env SPEEDRUN_EXTENSION_ITERATIONS=4 --env SPEEDRUN_VAL_EVERY=16 --env SPEEDRUN_VAL_TOKENS=2097152"
-REF=.carry/ref/medium-seed000/train_gpt.py
+if [ "${TRACK:-medium}" = short ]; then
+  SCHED="--env SPEEDRUN_NUM_ITERATIONS=120 --env SPEEDRUN_EXTENSION_ITERATIONS=8 --env SPEEDRUN_VAL_EVERY=40 --env SPEEDRUN_VAL_TOKENS=2097152"
+  REF=.carry/ref/short-seed001/train_gpt.py
+else
+  SCHED="--env SPEEDRUN_NUM_ITERATIONS=48 --env SPEEDRUN_EXTENSION_ITERATIONS=4 --env SPEEDRUN_VAL_EVERY=16 --env SPEEDRUN_VAL_TOKENS=2097152"
+  REF=.carry/ref/medium-seed000/train_gpt.py
+fi
 python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv
 date
