@@ -473,6 +473,7 @@ _RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
 _TORCH_LOG_LINE = re.compile(r"^\[?[IWEF]\d{4} \d\d:\d\d:\d\d")  # glog/c10 lines: torchrun's, NCCL's, ...
 _BANNER_LINE = re.compile(r"^[=*\-]{3,}$")
 _ERROR_LINE = re.compile(r"^(?:(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?|error:.*)$")
+_LOADER_FRAME = re.compile(r'^File ".*", line \d+, in (\w*(?:data|loader|shard|batch)\w*)$', re.I)
 _ROOT_CAUSE_SIGNAL = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*-\d+.*?\((SIG\w+)\)", re.S)
 
 
@@ -500,6 +501,13 @@ def failure_reason(output: str) -> str:
             own.append(ln)
     errors = [ln for ln in own if _ERROR_LINE.match(ln)]
     line = (errors or own or ["(no output)"])[-1][:200]
+    if line.endswith("StopIteration"):
+        # The competition's loaders are generators over the shard files: a run that needs more tokens than the
+        # shards hold (the proxy data's one 5 M-token val shard, say) dies of this, often after a long compile.
+        loaders = [m.group(1) for m in map(_LOADER_FRAME.search, own) if m]
+        if loaders:
+            line += (f" (its data loader {loaders[-1]} ran out of shard files: give it more shards, or more names for"
+                     " the same ones)")
     killed = _ROOT_CAUSE_SIGNAL.search(report)
     if killed and not errors:  # a rank killed by a signal (the OOM killer, a kill -9) prints no error itself
         return f"rank {killed.group(1)} was killed by {killed.group(2)}; its last line: {line}"

@@ -214,6 +214,27 @@ def test_failure_reason_skips_torchruns_report_and_rank_prefixes():
     assert failure_reason("# harness: x\n") == "(no output)"
 
 
+def test_failure_reason_says_when_a_data_generator_ran_out_of_shards():
+    """The medium record's code on the proxy data (one H200, 2026-12-02): its warm-up drew more validation batches
+    than the one val shard holds and died 1,250 s in. The frames and errors as torchrun printed them (code lines
+    left out)."""
+    out = ("[rank0]: Traceback (most recent call last):\n"
+           '[rank0]:   File "/var/tmp/r/.carry/ref/medium-seed000/train_gpt.py", line 1372, in distributed_data_generator\n'
+           "[rank0]: StopIteration\n[rank0]: \n"
+           "[rank0]: The above exception was the direct cause of the following exception:\n[rank0]: \n"
+           "[rank0]: Traceback (most recent call last):\n"
+           '[rank0]:   File "/var/tmp/r/.carry/ref/medium-seed000/train_gpt.py", line 1730, in <module>\n'
+           "[rank0]: RuntimeError: generator raised StopIteration\n"
+           "[rank0]:[W1202 14:45:30.698019993 ProcessGroupNCCL.cpp:1575] Warning: WARNING: destroy_process_group() "
+           "was not called before program exit\n")
+    assert failure_reason(out) == ("RuntimeError: generator raised StopIteration (its data loader "
+                                   "distributed_data_generator ran out of shard files: give it more shards, or "
+                                   "more names for the same ones)")
+    # a StopIteration elsewhere gets no data hint
+    other = out.replace("in distributed_data_generator", "in schedule_steps")
+    assert failure_reason(other) == "RuntimeError: generator raised StopIteration"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The verdict
 
