@@ -24,6 +24,32 @@ import triton.language as tl
 
 
 @triton.jit
+def _cap_sigmoid(l, B: tl.constexpr, C: tl.constexpr):
+    # s = sigmoid((l + B) / C), with the reciprocal of the constant C: z = A s is the softcapped logit
+    return tl.sigmoid((l + B) * (1.0 / C))
+
+
+@triton.jit
+def _target_terms(row_logits, targets_ptr, weights_ptr, next_loss_ptr, row, lse, A: tl.constexpr,
+                  B: tl.constexpr, C: tl.constexpr, K: tl.constexpr):
+    # the row's loss sum_k w_k (lse - z_{t_k}) and W = sum_k w_k over its valid targets (K scalar loads of its logits);
+    # the next-token term is stored as it goes
+    loss = lse * 0.0
+    w_total = lse * 0.0
+    for k in tl.static_range(K):
+        t = tl.load(targets_ptr + row * K + k)
+        w = tl.load(weights_ptr + k)
+        valid = t >= 0
+        l_t = tl.load(row_logits + tl.where(valid, t, 0)).to(tl.float32)
+        term = tl.where(valid, lse - A * _cap_sigmoid(l_t, B, C), 0.0)
+        if k == 0:
+            tl.store(next_loss_ptr + row, term)
+        loss += w * term
+        w_total += tl.where(valid, w, 0.0)
+    return loss, w_total
+
+
+@triton.jit
 def _softcapped_mtp_ce_kernel(logits_ptr, grad_ptr, targets_ptr, weights_ptr, loss_ptr, next_loss_ptr,
                               n_cols, stride_row, A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
                               K: tl.constexpr, BLOCK: tl.constexpr):
@@ -38,24 +64,9 @@ def _softcapped_mtp_ce_kernel(logits_ptr, grad_ptr, targets_ptr, weights_ptr, lo
         idx = start + cols
         mask = idx < n_cols
         l = tl.load(row_logits + idx, mask=mask, other=0.0).to(tl.float32)
-        z = A * tl.sigmoid((l + B) / C)
-        acc += tl.where(mask, tl.exp(z), 0.0)
+        acc += tl.where(mask, tl.exp(A * _cap_sigmoid(l, B, C)), 0.0)
     lse = tl.log(tl.sum(acc, axis=0))
-
-    # the target terms: K scalar loads of the row's logits at the targets
-    loss = lse * 0.0
-    w_total = lse * 0.0
-    for k in tl.static_range(K):
-        t = tl.load(targets_ptr + row * K + k)
-        w = tl.load(weights_ptr + k)
-        valid = t >= 0
-        l_t = tl.load(row_logits + tl.where(valid, t, 0)).to(tl.float32)
-        z_t = A * tl.sigmoid((l_t + B) / C)
-        term = tl.where(valid, lse - z_t, 0.0)
-        if k == 0:
-            tl.store(next_loss_ptr + row, term)
-        loss += w * term
-        w_total += tl.where(valid, w, 0.0)
+    loss, w_total = _target_terms(row_logits, targets_ptr, weights_ptr, next_loss_ptr, row, lse, A, B, C, K)
     tl.store(loss_ptr + row, loss)
 
     # pass 2: d loss_r / d logits, written in the logits' dtype
@@ -63,9 +74,8 @@ def _softcapped_mtp_ce_kernel(logits_ptr, grad_ptr, targets_ptr, weights_ptr, lo
         idx = start + cols
         mask = idx < n_cols
         l = tl.load(row_logits + idx, mask=mask, other=0.0).to(tl.float32)
-        s = tl.sigmoid((l + B) / C)
-        z = A * s
-        g = w_total * tl.exp(z - lse)
+        s = _cap_sigmoid(l, B, C)
+        g = w_total * tl.exp(A * s - lse)
         for k in tl.static_range(K):
             t = tl.load(targets_ptr + row * K + k)
             w = tl.load(weights_ptr + k)
@@ -90,25 +100,13 @@ def _softcapped_mtp_ce_one_pass_kernel(logits_ptr, grad_ptr, targets_ptr, weight
         idx = start + cols
         mask = idx < n_cols
         l = tl.load(row_logits + idx, mask=mask, other=0.0).to(tl.float32)
-        s = tl.sigmoid((l + B) * (1.0 / C))
+        s = _cap_sigmoid(l, B, C)
         e = tl.exp(A * s)
         acc += tl.where(mask, e, 0.0)
         tl.store(row_grad + idx, (e * s * (1.0 - s)).to(grad_ptr.dtype.element_ty), mask=mask)
     total_exp = tl.sum(acc, axis=0)
     lse = tl.log(total_exp)
-
-    loss = lse * 0.0
-    w_total = lse * 0.0
-    for k in tl.static_range(K):
-        t = tl.load(targets_ptr + row * K + k)
-        w = tl.load(weights_ptr + k)
-        valid = t >= 0
-        l_t = tl.load(row_logits + tl.where(valid, t, 0)).to(tl.float32)
-        term = tl.where(valid, lse - A * tl.sigmoid((l_t + B) * (1.0 / C)), 0.0)
-        if k == 0:
-            tl.store(next_loss_ptr + row, term)
-        loss += w * term
-        w_total += tl.where(valid, w, 0.0)
+    loss, w_total = _target_terms(row_logits, targets_ptr, weights_ptr, next_loss_ptr, row, lse, A, B, C, K)
     tl.store(loss_ptr + row, loss)
     tl.store(row_scale_ptr + row, (A / C) * w_total / total_exp)
 
@@ -125,7 +123,7 @@ def _softcapped_mtp_ce_one_pass_kernel(logits_ptr, grad_ptr, targets_ptr, weight
         valid = t >= 0
         safe_t = tl.where(valid, t, 0)
         l_t = tl.load(row_logits + safe_t).to(tl.float32)
-        s_t = tl.sigmoid((l_t + B) * (1.0 / C))
+        s_t = _cap_sigmoid(l_t, B, C)
         u_t = s_t * (1.0 - s_t) * (tl.exp(A * s_t) - total_exp * c / w_total)
         tl.store(row_grad + safe_t, u_t.to(grad_ptr.dtype.element_ty), mask=valid)
 
