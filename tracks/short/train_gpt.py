@@ -17,7 +17,8 @@ folder: the competition's layout), SPEEDRUN_SEED, and for smoke runs
 SPEEDRUN_NUM_ITERATIONS, SPEEDRUN_EXTENSION_ITERATIONS, SPEEDRUN_VAL_TOKENS, SPEEDRUN_VAL_EVERY. Diagnostic
 switches (not the recipe; the log says when one is on): SPEEDRUN_WARMUP=0 (compile lazily inside training, so
 train_time includes compile), SPEEDRUN_COMPILE=0 (eager model: unfused FlexAttention, slow), SPEEDRUN_FP8_HEAD=0
-(bf16 lm_head), SPEEDRUN_TRITON=0 (PyTorch Polar Express), SPEEDRUN_GRAD_STATS=1 (a `grad_stats:` line per step
+(bf16 lm_head), SPEEDRUN_TRITON=0 (PyTorch Polar Express), SPEEDRUN_FUSED_CE=0 (the training loss through
+Inductor instead of fused_ce.py's kernel), SPEEDRUN_GRAD_STATS=1 (a `grad_stats:` line per step
 with the largest gradient of each parameter group; synchronizes every step).
 
 The log follows the competition's protocol (source, versions, nvidia-smi, step lines, peak memory), written to
