@@ -17,11 +17,8 @@ sleep 20
 python3 -m harness run medium --runs 1 --nproc 1 --data-path /var/tmp/d $SIDE_GPU \
     --env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $SCHED --out $W/ofill --quiet > $W/ofill.log 2>&1
 echo "fill rc $? at $(date)" >> $W/ofill.log
-# the fused cross-entropy alone and inside the compiled short model (both paths, with and without the FP8 head)
 [ "$GPUS" -ge 2 ] && export CUDA_VISIBLE_DEVICES=1
-python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fused_ce_gpu.py "tests/gpu/test_short_gpu.py::test_compiled_model_with_fused_ce_matches_the_plain_loss" \
-    --benchmark-json=$W/fused_ce_bench.json > $W/gputests.log 2>&1
-echo "gpu tests rc $? at $(date)" >> $W/gputests.log
+fused_ce_gpu_tests
 unset CUDA_VISIBLE_DEVICES
 wait
 python3 -m harness cache list >> $W/compare.log 2>&1

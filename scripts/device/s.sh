@@ -5,11 +5,7 @@
 # cold warm-up ~400 s, ours ~270 s, ~150 s a warm run): three or four chained calls.
 set -x
 TRACK=short source scripts/device/setup.sh
-# first (about a minute): the fused cross-entropy kernels alone, benchmarked, and inside the compiled short model
-python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fused_ce_gpu.py \
-    "tests/gpu/test_short_gpu.py::test_compiled_model_with_fused_ce_matches_the_plain_loss" \
-    --benchmark-json=$W/fused_ce_bench.json > $W/gputests.log 2>&1
-echo "gpu tests rc $? at $(date)" >> $W/gputests.log
+fused_ce_gpu_tests  # first: about a minute
 python3 -m harness compare $REF short --runs 3 --nproc 1 --data-path /var/tmp/d $SCHED --out $W/scmp --quiet \
   > $W/compare.log 2>&1
 echo "compare rc $? at $(date)" >> $W/compare.log

@@ -17,6 +17,13 @@ else
   SCHED="--env SPEEDRUN_NUM_ITERATIONS=48 --env SPEEDRUN_EXTENSION_ITERATIONS=4 --env SPEEDRUN_VAL_EVERY=16 --env SPEEDRUN_VAL_TOKENS=2097152"
   REF=.carry/ref/medium-seed000/train_gpt.py
 fi
+# The fused cross-entropy kernels on the GPU (about a minute): alone, benchmarked, and inside the compiled short model.
+fused_ce_gpu_tests() {
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fused_ce_gpu.py \
+      "tests/gpu/test_short_gpu.py::test_compiled_model_with_fused_ce_matches_the_plain_loss" \
+      --benchmark-json=$W/fused_ce_bench.json > $W/gputests.log 2>&1
+  echo "gpu tests rc $? at $(date)" >> $W/gputests.log
+}
 python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv
 date

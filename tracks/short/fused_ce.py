@@ -130,12 +130,13 @@ def _softcapped_mtp_ce_one_pass_kernel(logits_ptr, grad_ptr, targets_ptr, weight
 
 def mtp_targets(targets: torch.Tensor, k_max: int) -> torch.Tensor:
     """(B, T) next-token targets -> (B*T, k_max): column k is the target k tokens further on, -1 past the row's end
-    (position t predicts targets[t + k])."""
+    (position t predicts targets[t + k]). Every column keeps the row's full length (rolled, the wrapped positions set
+    to -1): the track builds it inside its compiled graph, where slices of T - k positions once tripped Inductor."""
     B, T = targets.shape
-    out = torch.full((B, T, k_max), -1, dtype=torch.int64, device=targets.device)
-    for k in range(k_max):
-        out[:, :T - k, k] = targets[:, k:]
-    return out.view(B * T, k_max)
+    position = torch.arange(T, device=targets.device)
+    columns = [targets if k == 0 else torch.where(position < T - k, torch.roll(targets, -k, dims=1), -1)
+               for k in range(k_max)]
+    return torch.stack(columns, dim=-1).view(B * T, k_max)
 
 
 def reference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, softcap: tuple):
@@ -155,26 +156,40 @@ def reference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.T
     return total, next_token
 
 
+def _launch(kernel, logits, targets, weights, softcap: tuple, block: int, num_warps: int, row_outputs: int):
+    """Run one of the kernels above, one program per row: the bf16 gradient block and row_outputs float32 vectors
+    (row loss, next-token loss[, row scale])."""
+    assert logits.dim() == 2 and logits.stride(1) == 1, "logits: (rows, vocab), rows contiguous"
+    n_rows, n_cols = logits.shape
+    a, b, c = (float(v) for v in softcap)
+    grad = torch.empty_like(logits)
+    rows = [torch.empty(n_rows, dtype=torch.float32, device=logits.device) for _ in range(row_outputs)]
+    kernel[(n_rows,)](logits, grad, targets.contiguous(), weights.float().contiguous(), *rows, n_cols,
+                      logits.stride(0), A=a, B=b, C=c, K=targets.shape[1], BLOCK=block, num_warps=num_warps)
+    return grad, rows
+
+
+def _outputs(ctx, row_loss, next_loss):
+    next_token = next_loss.mean()
+    ctx.mark_non_differentiable(next_token)
+    return row_loss.sum(), next_token
+
+
+# BLOCK 4096 with 8 warps: the fastest of five configs of the two-pass kernel at 16,384 rows x 50,304 on an H200
+# (tracks/short/NOTES.md); the track runs these defaults.
+BLOCK, NUM_WARPS = 4096, 8
+
+
 class SoftcappedMTPCrossEntropy(torch.autograd.Function):
     """(logits (N, V), targets (N, K) int64 with -1 for none, weights (K,) float32) -> (sum over rows of the
     weighted losses, mean next-token loss). Only the first output carries a gradient."""
 
     @staticmethod
-    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = 1024, num_warps: int = 4):
-        assert logits.dim() == 2 and logits.stride(1) == 1, "logits: (rows, vocab), rows contiguous"
-        n_rows, n_cols = logits.shape
-        K = targets.shape[1]
-        a, b, c = (float(v) for v in softcap)
-        grad = torch.empty_like(logits)
-        row_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-        next_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-        _softcapped_mtp_ce_kernel[(n_rows,)](logits, grad, targets.contiguous(), weights.float().contiguous(),
-                                             row_loss, next_loss, n_cols, logits.stride(0),
-                                             A=a, B=b, C=c, K=K, BLOCK=block, num_warps=num_warps)
+    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = BLOCK, num_warps: int = NUM_WARPS):
+        grad, (row_loss, next_loss) = _launch(_softcapped_mtp_ce_kernel, logits, targets, weights, softcap, block,
+                                              num_warps, 2)
         ctx.save_for_backward(grad)
-        next_token = next_loss.mean()
-        ctx.mark_non_differentiable(next_token)
-        return row_loss.sum(), next_token
+        return _outputs(ctx, row_loss, next_loss)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_next):
@@ -190,21 +205,11 @@ class SoftcappedMTPCrossEntropyOnePass(torch.autograd.Function):
     torch.compile, inside the kernel that consumes the gradient, e.g. the FP8 head's cast)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = 4096, num_warps: int = 8):
-        assert logits.dim() == 2 and logits.stride(1) == 1, "logits: (rows, vocab), rows contiguous"
-        n_rows, n_cols = logits.shape
-        a, b, c = (float(v) for v in softcap)
-        grad = torch.empty_like(logits)
-        row_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-        next_loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-        row_scale = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-        _softcapped_mtp_ce_one_pass_kernel[(n_rows,)](
-            logits, grad, targets.contiguous(), weights.float().contiguous(), row_loss, next_loss, row_scale,
-            n_cols, logits.stride(0), A=a, B=b, C=c, K=targets.shape[1], BLOCK=block, num_warps=num_warps)
+    def forward(ctx, logits, targets, weights, softcap: tuple, block: int = BLOCK, num_warps: int = NUM_WARPS):
+        grad, (row_loss, next_loss, row_scale) = _launch(_softcapped_mtp_ce_one_pass_kernel, logits, targets,
+                                                         weights, softcap, block, num_warps, 3)
         ctx.save_for_backward(grad, row_scale)
-        next_token = next_loss.mean()
-        ctx.mark_non_differentiable(next_token)
-        return row_loss.sum(), next_token
+        return _outputs(ctx, row_loss, next_loss)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_next):

@@ -764,15 +764,9 @@ class GPT(nn.Module):
         """The same two outputs through one Triton kernel over the logits (fused_ce.py): the normalizer, the K target
         terms and the logits' gradient in one program per token row, instead of the float32 softcap, logsumexp and
         gathers above (their backward rereads and rewrites the logits block several times)."""
-        B, T = targets.shape
-        position = torch.arange(T, device=targets.device)
-        # column k: the target k tokens on, -1 (no term) for the row's last k positions; full length, as above
-        columns = [targets if k == 0 else torch.where(position < T - k, torch.roll(targets, -k, dims=1), -1)
-                   for k in range(mtp_weights.size(0))]
-        per_token_targets = torch.stack(columns, dim=-1).view(B * T, -1)
-        # BLOCK 4096 with 8 warps: the fastest of five configs at 16,384 rows x 50304 on an H200 (NOTES.md)
+        per_token_targets = fused_ce.mtp_targets(targets, mtp_weights.size(0))  # -1 where no term
         return fused_ce.SoftcappedMTPCrossEntropy.apply(self._logits(x), per_token_targets, mtp_weights,
-                                                        self.cfg.softcap, 4096, 8)
+                                                        self.cfg.softcap)
 
     def _eval_loss(self, x, targets, chunk: int = 32768):
         """Mean next-token loss, the head in chunks of rows (a 262144-token row's float logits would be 52 GB)."""
