@@ -68,7 +68,8 @@ def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype, imp
     assert out.stdout.startswith("ok")
 
 
-def test_track_model_loss_and_gradients_equal_with_the_fused_kernel(triton_interpreter):
+@pytest.mark.parametrize("kernel", ["one_pass", "two_pass"])
+def test_track_model_loss_and_gradients_equal_with_the_fused_kernel(triton_interpreter, kernel):
     """train_gpt.py's fused path (cfg.use_fused_ce) against its plain path on the tiny model, under the interpreter:
     the same total and next-token loss and the same gradient on every parameter, with MTP weights on three targets
     (the row's last positions have fewer)."""
@@ -79,6 +80,7 @@ def test_track_model_loss_and_gradients_equal_with_the_fused_kernel(triton_inter
         assert tg.fused_ce is not None
         torch.manual_seed(0)
         cfg = tg.tiny_model_config(); cfg.use_fp8_head = cfg.use_triton = False
+        cfg.fused_ce_kernel = {kernel!r}
         model = tg.GPT(cfg, max_seq_len=256)
         with torch.no_grad():  # non-zero output projections: gradient reaches every layer
             for m in model.mlp: m.proj_w.normal_(0, 0.02)

@@ -869,6 +869,15 @@ def test_diagnostic_switches_parse_and_reject_other_values(tg):
         tg.read_hyperparameters({"SPEEDRUN_TRITON": "off"})
 
 
+def test_fused_ce_kernel_is_chosen_by_name(tg):
+    assert tg.read_hyperparameters({}).fused_ce_kernel == "one_pass"
+    assert tg.read_hyperparameters({"SPEEDRUN_FUSED_CE_KERNEL": "two_pass"}).fused_ce_kernel == "two_pass"
+    with pytest.raises(ValueError, match="SPEEDRUN_FUSED_CE_KERNEL must be one of one_pass, two_pass"):
+        tg.read_hyperparameters({"SPEEDRUN_FUSED_CE_KERNEL": "fast"})
+    if tg.fused_ce is not None:  # the names the track accepts are the kernels fused_ce.py has
+        assert set(tg.FUSED_CE_KERNELS) == set(tg.fused_ce.KERNELS)
+
+
 def test_diagnostic_run_says_so_skips_warmup_and_logs_grad_stats(tg, monkeypatch, tmp_path):
     """SPEEDRUN_WARMUP=0 SPEEDRUN_GRAD_STATS=1: a `diagnostic:` line (which `speedrun verify` refuses for a
     claim), no warm-up lines, and one `grad_stats:` line per training step naming every parameter."""

@@ -1,5 +1,6 @@
 """Fused softcapped multi-token cross-entropy for the short track's training loss (train_gpt.py,
-GPT._fused_training_loss; SPEEDRUN_FUSED_CE=0 runs the plain path instead).
+GPT._fused_training_loss; SPEEDRUN_FUSED_CE=0 runs the plain path instead, SPEEDRUN_FUSED_CE_KERNEL picks one of
+KERNELS below).
 
 What it replaces (GPT._training_loss, the plain path): z = A * sigmoid((logits + B) / C) in float32 over the whole
 (tokens x 50304) block, one logsumexp, then one gather per predicted token, and autograd's float32 backward through
@@ -218,3 +219,8 @@ class SoftcappedMTPCrossEntropyOnePass(torch.autograd.Function):
         if torch.compiler.is_compiling():  # out of place: Inductor fuses it into the gradient's consumer
             return (grad.float() * scale).to(grad.dtype), None, None, None, None, None
         return grad.mul_(scale), None, None, None, None, None  # eager: float32 math, in place, no float32 copy
+
+
+# By name, for the track's SPEEDRUN_FUSED_CE_KERNEL (train_gpt.py FUSED_CE_KERNELS lists the same names; its
+# Hyperparameters say which one the recipe runs).
+KERNELS = {"one_pass": SoftcappedMTPCrossEntropyOnePass, "two_pass": SoftcappedMTPCrossEntropy}

@@ -18,7 +18,8 @@ SPEEDRUN_NUM_ITERATIONS, SPEEDRUN_EXTENSION_ITERATIONS, SPEEDRUN_VAL_TOKENS, SPE
 switches (not the recipe; the log says when one is on): SPEEDRUN_WARMUP=0 (compile lazily inside training, so
 train_time includes compile), SPEEDRUN_COMPILE=0 (eager model: unfused FlexAttention, slow), SPEEDRUN_FP8_HEAD=0
 (bf16 lm_head), SPEEDRUN_TRITON=0 (PyTorch Polar Express), SPEEDRUN_FUSED_CE=0 (the training loss through
-Inductor instead of fused_ce.py's kernel), SPEEDRUN_GRAD_STATS=1 (a `grad_stats:` line per step
+Inductor instead of fused_ce.py's kernel), SPEEDRUN_FUSED_CE_KERNEL=two_pass (its two-pass kernel in place of the
+one-pass one), SPEEDRUN_GRAD_STATS=1 (a `grad_stats:` line per step
 with the largest gradient of each parameter group; synchronizes every step).
 
 The log follows the competition's protocol (source, versions, nvidia-smi, step lines, peak memory), written to
@@ -96,6 +97,7 @@ class Hyperparameters:
     fp8_head: bool = True
     triton: bool = True
     fused_ce: bool = True
+    fused_ce_kernel: str = "one_pass"  # SPEEDRUN_FUSED_CE_KERNEL: one of FUSED_CE_KERNELS
     grad_stats: bool = False
     muon_lr: float = 0.023
     muon_weight_decay: float = 1.2  # cautious; multiplied by the scheduled Muon lr and the matrix's own lr
@@ -111,6 +113,7 @@ class Hyperparameters:
 
 
 DIAGNOSTIC_SWITCHES = ("warmup", "compile", "fp8_head", "triton", "fused_ce", "grad_stats")
+FUSED_CE_KERNELS = ("one_pass", "two_pass")  # the names of fused_ce.KERNELS (fused_ce.py needs Triton to import)
 
 
 def read_hyperparameters(env=None) -> Hyperparameters:
@@ -127,6 +130,10 @@ def read_hyperparameters(env=None) -> Hyperparameters:
         if value not in ("0", "1"):
             raise ValueError(f"SPEEDRUN_{name.upper()} must be 0 or 1, got {value!r}")
         setattr(hp, name, value == "1")
+    hp.fused_ce_kernel = env.get("SPEEDRUN_FUSED_CE_KERNEL", hp.fused_ce_kernel)
+    if hp.fused_ce_kernel not in FUSED_CE_KERNELS:
+        raise ValueError(f"SPEEDRUN_FUSED_CE_KERNEL must be one of {', '.join(FUSED_CE_KERNELS)}, "
+                         f"got {hp.fused_ce_kernel!r}")
     if env.get("SPEEDRUN_TINY") == "1":
         # Smoke mode for the script's plumbing (CPU or GPU, seconds): a 4-layer width-64 model, 256-token rows,
         # batches / 256, accumulation 2 // world_size (1 or 2 processes). Not the recipe: its losses mean nothing.
@@ -159,6 +166,7 @@ class ModelConfig:
     use_fp8_head: bool = True  # CUDA only; the CPU tests turn it off
     use_triton: bool = True
     use_fused_ce: bool = False  # the training loss through fused_ce.py (main() turns it on where Triton runs)
+    fused_ce_kernel: str = "one_pass"  # which of fused_ce.KERNELS
 
 
 def tiny_model_config() -> ModelConfig:
@@ -761,12 +769,12 @@ class GPT(nn.Module):
         return total, next_token
 
     def _fused_training_loss(self, x, targets, mtp_weights):
-        """The same two outputs through one Triton kernel over the logits (fused_ce.py): the normalizer, the K target
-        terms and the logits' gradient in one program per token row, instead of the float32 softcap, logsumexp and
-        gathers above (their backward rereads and rewrites the logits block several times)."""
+        """The same two outputs through one Triton kernel over the logits (fused_ce.py, cfg.fused_ce_kernel): the
+        normalizer, the K target terms and the logits' gradient in one program per token row, instead of the float32
+        softcap, logsumexp and gathers above (their backward rereads and rewrites the logits block several times)."""
         per_token_targets = fused_ce.mtp_targets(targets, mtp_weights.size(0))  # -1 where no term
-        return fused_ce.SoftcappedMTPCrossEntropy.apply(self._logits(x), per_token_targets, mtp_weights,
-                                                        self.cfg.softcap)
+        kernel = fused_ce.KERNELS[self.cfg.fused_ce_kernel]
+        return kernel.apply(self._logits(x), per_token_targets, mtp_weights, self.cfg.softcap)
 
     def _eval_loss(self, x, targets, chunk: int = 32768):
         """Mean next-token loss, the head in chunks of rows (a 262144-token row's float logits would be 52 GB)."""
@@ -1172,8 +1180,11 @@ def main():
     cfg.use_fp8_head = on_gpu and hp.fp8_head
     cfg.use_triton = on_gpu and hp.triton
     cfg.use_fused_ce = on_gpu and hp.fused_ce and fused_ce is not None
+    cfg.fused_ce_kernel = hp.fused_ce_kernel
     changed = [f"{name}={int(getattr(hp, name))}" for name in DIAGNOSTIC_SWITCHES
                if getattr(hp, name) != getattr(Hyperparameters, name)]
+    if hp.fused_ce_kernel != Hyperparameters.fused_ce_kernel:
+        changed.append(f"fused_ce_kernel={hp.fused_ce_kernel}")
     if changed:
         log(f"diagnostic: {' '.join(changed)} (not the recipe of the track)")
 
