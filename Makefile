@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 SPEEDRUN := $(PY) -m harness
 # On a GPU node (nvidia-smi works) setup installs the torch and Triton the short track pins in its track.toml
 # (torch 2.11.0+cu130 from PyTorch's cu130 index, triton 3.6.0 from PyPI): only those are record-grade.
-# Elsewhere torch==2.13.0 (a CPU build on the project's dev machines, a local wheel). TORCH_SPEC=... on the
+# Elsewhere torch==2.13.0 (a CPU build on the project's dev machines, a local wheel) and the same triton, whose
+# interpreter runs the short track's loss kernels in the CPU tests (tests/test_fused_ce.py), with numpy < 2.3:
+# Triton 3.6's interpreter fails on numpy 2.4 (tests/conftest.py, triton_interpreter). TORCH_SPEC=... on the
 # command line overrides both.
 TORCH_SPEC ?= torch==2.13.0
 PINS_TOML := tracks/short/track.toml
@@ -30,7 +32,7 @@ ifeq ($(origin TORCH_SPEC),file)
 	  $(PY) -m pip install -q "triton==$(TRITON_PIN)" \
 	    || { echo "error: cannot install triton==$(TRITON_PIN) (pip's reason above): this node cannot be record-grade" >&2; exit 1; }; \
 	else \
-	  $(PY) -m pip install -q "$(TORCH_SPEC)"; \
+	  $(PY) -m pip install -q "$(TORCH_SPEC)" "triton==$(TRITON_PIN)" "numpy<2.3"; \
 	fi
 else
 	$(PY) -m pip install -q "$(TORCH_SPEC)"

@@ -1,5 +1,5 @@
-"""`make setup`: the torch and Triton the short track pins on a GPU node, the quick CPU torch elsewhere, one
-error line when the pinned build cannot be installed. The interpreter and nvidia-smi are recorders here."""
+"""`make setup`: the torch and Triton the short track pins on a GPU node, the quick CPU torch (and the pinned Triton,
+for its interpreter) elsewhere, one error line when the pinned build cannot be installed. The interpreter and nvidia-smi are recorders here."""
 
 import os
 import shutil
@@ -51,10 +51,11 @@ def test_gpu_node_installs_the_short_tracks_pinned_torch_and_triton(tmp_path):
     assert (tmp_path / "venv" / ".installed").exists()
 
 
-def test_cpu_node_keeps_the_quick_cpu_torch(tmp_path):
+def test_cpu_node_keeps_the_quick_cpu_torch_and_the_pinned_triton_for_its_interpreter(tmp_path):
     proc, calls = make_setup(tmp_path, 9)  # nvidia-smi present but failing: no usable driver
     assert proc.returncode == 0, proc.stderr
-    assert calls == ["-m pip install -q torch==2.13.0", "-m pip install -q -e .[test]"]
+    triton_pin = tomllib.loads((REPO / "tracks" / "short" / "track.toml").read_text())["pins"]["triton"]
+    assert calls == [f"-m pip install -q torch==2.13.0 triton=={triton_pin} numpy<2.3", "-m pip install -q -e .[test]"]
 
 
 def test_a_pinned_build_that_cannot_be_installed_is_one_error_line(tmp_path):

@@ -216,6 +216,9 @@ def test_compiled_model_with_fused_ce_matches_the_plain_loss(tg, fp8_head, kerne
     assert abs(l1 - l0) < 1e-3 * abs(l0) and abs(n1 - n0) < 1e-3 * abs(n0), (l0, l1, n0, n1)
     assert g0.keys() == g1.keys()
     for name in g0:  # bf16 logits' gradient on both paths; the FP8 cast of it rounds the same way
+        if not g0[name].any():  # ve_gates: no gradient while the value embeddings are zero (their init); rel_err is 0/0
+            assert not g1[name].any(), name
+            continue
         limit = 0.5 if g0[name].numel() < 1000 else 0.05
         assert rel_err(g1[name], g0[name]) < limit, (name, rel_err(g1[name], g0[name]))
 

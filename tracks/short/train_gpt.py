@@ -54,9 +54,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def _load_module(name: str, file: str):
-    # The track's own Triton kernels, loaded by path so that the script runs from any working directory.
+    # The track's own Triton kernels, loaded by path so that the script runs from any working directory. Registered
+    # in sys.modules: dynamo imports the module of an autograd.Function it traces by name (fused_ce.py under
+    # torch.compile died with "No module named 'short_track_fused_ce'" on the H200 without it).
     spec = importlib.util.spec_from_file_location(name, HERE / file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
