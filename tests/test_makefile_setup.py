@@ -1,5 +1,6 @@
 """`make setup`: the torch and Triton the short track pins on a GPU node, the quick CPU torch (and the pinned Triton,
-for its interpreter) elsewhere, one error line when the pinned build cannot be installed. The interpreter and nvidia-smi are recorders here."""
+for its interpreter) elsewhere, one error line when the pinned build cannot be installed. The interpreter and
+nvidia-smi are recorders here."""
 
 import os
 import shutil

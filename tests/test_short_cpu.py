@@ -869,6 +869,17 @@ def test_diagnostic_switches_parse_and_reject_other_values(tg):
         tg.read_hyperparameters({"SPEEDRUN_TRITON": "off"})
 
 
+def test_the_tracks_kernel_modules_import_by_their_own_name(tg):
+    """Dynamo imports the module of an autograd.Function it traces by that module's name: fused_ce.py, loaded by path
+    without a sys.modules entry, failed under torch.compile on the H200 ("No module named 'short_track_fused_ce'")."""
+    import importlib
+    modules = [tg.kernels] + ([tg.fused_ce] if tg.fused_ce is not None else [])
+    for module in modules:
+        assert importlib.import_module(module.__name__) is module
+    if tg.fused_ce is not None:
+        assert {k.__module__ for k in tg.fused_ce.KERNELS.values()} == {tg.fused_ce.__name__}
+
+
 def test_fused_ce_kernel_is_chosen_by_name(tg):
     assert tg.read_hyperparameters({}).fused_ce_kernel == "one_pass"
     assert tg.read_hyperparameters({"SPEEDRUN_FUSED_CE_KERNEL": "two_pass"}).fused_ce_kernel == "two_pass"
