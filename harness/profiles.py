@@ -166,6 +166,26 @@ def profile_markdown(profiles: dict[str, Profile], sources: dict[str, str], top:
     return "\n".join(lines) + "\n"
 
 
+def profiled_runs_markdown(runs) -> str:
+    """The end of profile.md: what each profiled run did besides its profile (status, val loss at each validation,
+    peak memory, compile and warm-up), so that a profile of new code also says whether that code learned. Its
+    train time holds the profiler's window and export, so it is left out."""
+    lines = ["", "## The profiled runs", "",
+             "| run | arm | status | final step | val loss (step: loss) | peak allocated (MiB) | compile and warm-up (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        curve = ", ".join(f"{int(step)}: {loss:.4f}" for step, loss in (r.val_curve or []))
+        status = r.status if r.reason is None else f"{r.status}: {r.reason}"
+        cells = [str(r.index), r.arm, status, _optional(r.final_step, "d"), curve or "-",
+                 _optional(r.peak_memory_allocated_mib, ".0f"), _optional(r.compile_warmup_s, ".1f")]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _optional(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _cell(text: str) -> str:
     """Text from a run or a path, safe in a markdown table cell (no HTML, no column break, no code break)."""
     return str(text).replace("|", "\\|").replace("`", "'").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")

@@ -46,6 +46,12 @@ def test_a_two_arm_profile_covers_the_asked_steps_and_writes_profile_md(two_arm_
         assert load_profile(out / "runs" / str(k)).steps == 2
     md = (out / "profile.md").read_text()
     assert "| matmul |" in md and "difference (ms/step)" in md and "## baseline: longest 15" in md
+    # the runs' own outcome: the tiny track validates at steps 0, 4, 8, and the losses are the ones run.json holds
+    for k, arm in ((0, "baseline"), (1, "candidate")):
+        run = json.loads((out / "runs" / str(k) / "run.json").read_text())
+        curve = ", ".join(f"{s}: {v:.4f}" for s, v in run["val_curve"])
+        assert [s for s, _ in run["val_curve"]] == [0, 4, 8]
+        assert f"| {k} | {arm} | ok | 8 | {curve} |" in md
     campaign = json.loads((out / "campaign.json").read_text())
     assert campaign["profile"] == {"step": 3, "steps": 2, "arms": {"baseline": "tiny", "candidate": str(TINY)}}
     assert not (out / "record.md").exists()  # a profiled run is no timing result
@@ -162,6 +168,16 @@ def test_hostile_kernel_and_arm_names_are_data_in_profile_md():
     assert len(table_lines) == 1 and table_lines[0].count("`") == 2  # one code span, one table row
     before, code, after = table_lines[0].split("`")
     assert "<script>" in code and "<" not in before + after  # markup only inside the code span: shown, not run
+
+
+def test_a_failed_runs_reason_in_profile_md_is_one_cell_of_text():
+    from harness.results import Run
+    from harness.profiles import profiled_runs_markdown
+    run = Run(index=0, arm="main", seed=0, status="failed", reason="RuntimeError: <b>x</b> | y\nz", final_step=12)
+    md = profiled_runs_markdown([run])
+    row = [line for line in md.splitlines() if line.startswith("| 0 |")]
+    assert len(row) == 1 and "<b>" not in row[0] and "\\|" in row[0]
+    assert row[0].count(" | ") == 6 and "| 12 | - | - | - |" in row[0]  # seven cells; no curve, memory or compile
 
 
 @pytest.mark.parametrize("doc, what", [

@@ -21,7 +21,8 @@ from harness.commands.campaigns import EXIT_SOME_RUNS_FAILED, with_data_path
 from harness.commands.compare import build_arms, track_of
 from harness.commands.progress import LiveDisplay
 from harness.fsio import write_text_atomic
-from harness.profiles import Profile, kinds_side_by_side, load_profile, profile_markdown, top_kernels
+from harness.profiles import (Profile, kinds_side_by_side, load_profile, profile_markdown, profiled_runs_markdown,
+                              top_kernels)
 from harness.record_preflight import prepare_arms
 from harness.results import BASELINE, CANDIDATE, COMPARE, OK, RUN, load_runs
 from harness.tracks import load_track
@@ -84,7 +85,7 @@ def report_profiles(campaign_dir: str | Path, sources: dict[str, str], step: int
             status = status or EXIT_NO_PROFILE
     if not profiles:
         return status or EXIT_NO_PROFILE
-    write_text_atomic(d / "profile.md", profile_markdown(profiles, sources))
+    write_text_atomic(d / "profile.md", profile_markdown(profiles, sources) + profiled_runs_markdown(runs))
     print_profiles(profiles, console)
     print(f"\nprofile: {d / 'profile.md'}  (each run's kernels.json, table.txt and trace.json.gz in runs/<k>/profile/)")
     return status
