@@ -169,7 +169,7 @@ class ModelConfig:
     use_fp8_head: bool = True  # CUDA only; the CPU tests turn it off
     use_triton: bool = True
     use_fused_ce: bool = False  # the training loss through fused_ce.py (main() turns it on where Triton runs)
-    fused_ce_kernel: str = "one_pass"  # which of fused_ce.KERNELS
+    fused_ce_kernel: str = Hyperparameters.fused_ce_kernel  # which of fused_ce.KERNELS
 
 
 def tiny_model_config() -> ModelConfig:
