@@ -889,6 +889,15 @@ def test_fused_ce_kernel_is_chosen_by_name(tg):
         assert set(tg.FUSED_CE_KERNELS) == set(tg.fused_ce.KERNELS)
 
 
+def test_fused_head_switch_is_off_by_default_and_needs_the_one_pass_kernel(tg):
+    assert tg.read_hyperparameters({}).fused_head is False
+    assert tg.read_hyperparameters({"SPEEDRUN_FUSED_HEAD": "1"}).fused_head is True
+    with pytest.raises(ValueError, match="SPEEDRUN_FUSED_HEAD=1 runs the one-pass kernel"):
+        tg.read_hyperparameters({"SPEEDRUN_FUSED_HEAD": "1", "SPEEDRUN_FUSED_CE_KERNEL": "two_pass"})
+    with pytest.raises(ValueError, match="SPEEDRUN_FUSED_HEAD must be 0 or 1"):
+        tg.read_hyperparameters({"SPEEDRUN_FUSED_HEAD": "yes"})
+
+
 def test_diagnostic_run_says_so_skips_warmup_and_logs_grad_stats(tg, monkeypatch, tmp_path):
     """SPEEDRUN_WARMUP=0 SPEEDRUN_GRAD_STATS=1: a `diagnostic:` line (which `speedrun verify` refuses for a
     claim), no warm-up lines, and one `grad_stats:` line per training step naming every parameter."""

@@ -136,3 +136,68 @@ def test_bench_compiled_with_an_fp8_consumer(benchmark, fce, impl):
         f()
     torch.cuda.synchronize()
     benchmark(_step(f))
+
+
+def test_scaled_cast_is_torchs_e5m2_cast_bit_for_bit(fce):
+    """fused_ce.scaled_cast_both_layouts on the one-pass kernel's own output at V = 50,304, at the track's factor
+    (grad_total 2/8 over the FP8 head's gradient scale): both layouts equal torch's cast of the same float32 product
+    bit for bit (the hardware rounds to nearest even, as torch does)."""
+    logits, tk, w = _inputs(fce)
+    u, _, _, row_scale = fce.one_pass_forward(logits, tk, w, SOFTCAP)
+    factor = torch.tensor(0.25 / (0.75 / 448 * 0.25), device="cuda")
+    out, out_t = fce.scaled_cast_both_layouts(u, row_scale, factor)
+    want = (u.float() * (row_scale * factor)[:, None]).clamp(-57344, 57344).to(torch.float8_e5m2)
+    differ = (out.view(torch.uint8) != want.view(torch.uint8)).sum().item()
+    assert differ == 0, f"{differ} of {want.numel()} entries differ"
+    assert torch.equal(out_t.view(torch.uint8), want.t().contiguous().view(torch.uint8))
+    assert out.float().abs().max() > 1  # the factor puts the gradient in e5m2's range, not in its subnormals
+
+
+# (BM, BN, num_warps) of the cast: the track's default first
+CAST_TILES = {"m128_n128_w8": (128, 128, 8), "m64_n128_w4": (64, 128, 4), "m128_n64_w4": (128, 64, 4),
+              "m64_n256_w8": (64, 256, 8), "m128_n256_w8": (128, 256, 8), "m256_n64_w8": (256, 64, 8)}
+
+
+@pytest.mark.parametrize("tile", CAST_TILES)
+def test_bench_scaled_cast_tiles(benchmark, fce, tile):
+    """The cast alone on one s1 micro-batch's gradient (32,768 x 50,304 bf16 in, both e5m2 layouts out: 6.6 GB moved,
+    about 1.4 ms at the H200's 4.8 TB/s); Inductor's fused cast took 3.0 ms for the same in the track (profile of
+    2026-12-03)."""
+    bm, bn, warps = CAST_TILES[tile]
+    u = torch.randn(32768, V, device="cuda").bfloat16()
+    row_scale = torch.rand(32768, device="cuda")
+    factor = torch.tensor(100.0, device="cuda")
+    for _ in range(3):
+        fce.scaled_cast_both_layouts(u, row_scale, factor, bm=bm, bn=bn, num_warps=warps)
+    torch.cuda.synchronize()
+    benchmark(_step(lambda: fce.scaled_cast_both_layouts(u, row_scale, factor, bm=bm, bn=bn, num_warps=warps)))
+
+
+@pytest.mark.parametrize("path", ["two_functions", "one_function"])
+def test_bench_fp8_head_and_loss_compiled(benchmark, short_gpu_module, path):
+    """What SPEEDRUN_FUSED_HEAD decides, compiled as in the track, one s1 micro-batch (32,768 rows of width 768,
+    K = 2): FP8Head then the one-pass loss (Inductor fuses the row scale, the e5m2 cast and its transposed copy into
+    one kernel) against FP8HeadMTPLoss (the cast in fused_ce.py's kernel); forward and backward."""
+    tg = short_gpu_module
+    fce = tg.fused_ce
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.randn(32768, 768, device="cuda", generator=g) * 10).bfloat16().requires_grad_(True)
+    w = (torch.randn(V, 768, device="cuda", generator=g) * 0.3).requires_grad_(True)
+    tk = fce.mtp_targets(torch.randint(0, V, (16, 2048), device="cuda", generator=g), 2)
+    weights = torch.tensor([1.0, 0.5], device="cuda")
+
+    def loss(x, w):
+        if path == "one_function":
+            total, _ = tg.FP8HeadMTPLoss.apply(x, w, tk, weights, SOFTCAP, 0.25)
+        else:
+            total, _ = fce.SoftcappedMTPCrossEntropyOnePass.apply(tg.FP8Head.apply(x, w, 0.25), tk, weights, SOFTCAP)
+        return total * 0.25
+
+    compiled = torch.compile(loss)
+
+    def f():
+        compiled(x, w).backward()
+    for _ in range(3):
+        f()
+    torch.cuda.synchronize()
+    benchmark(_step(f))

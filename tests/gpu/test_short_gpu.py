@@ -180,18 +180,20 @@ def test_compiled_model_gradients_match_eager(tg):
         assert rel_err(grads_c[name], grads_e[name]) < limit, (name, rel_err(grads_c[name], grads_e[name]))
 
 
-@pytest.mark.parametrize("fp8_head,kernel", [(True, "one_pass"), (True, "two_pass"), (False, "one_pass")])
-def test_compiled_model_with_fused_ce_matches_the_plain_loss(tg, fp8_head, kernel):
+@pytest.mark.parametrize("fp8_head,kernel,fused_head", [(True, "one_pass", False), (True, "two_pass", False),
+                                                        (False, "one_pass", False), (True, "one_pass", True)])
+def test_compiled_model_with_fused_ce_matches_the_plain_loss(tg, fp8_head, kernel, fused_head):
     """The training graph with the fused cross-entropy kernel (cfg.use_fused_ce, what main() runs on a GPU) against the
     same compiled model with the plain softcap/logsumexp/gather path: loss and every gradient, with the FP8 head
-    (its backward casts the kernel's bf16 gradient) and without."""
+    (its backward casts the kernel's bf16 gradient), without, and with the head and loss as one Function
+    (cfg.use_fused_head: the cast in fused_ce.py's kernel)."""
     if tg.fused_ce is None:
         pytest.skip("triton missing")
     torch.manual_seed(0)
     cfg = tg.ModelConfig(num_layers=4, model_dim=128, num_heads=2, head_dim=64, no_attention_layers=(2,),
                          long_window_layers=(3,), paired_head_layers=(0,), value_embed_layers=(0, 3),
                          skip_from=1, skip_to=2, backout_layer=2, bigram_buckets=4096, use_fp8_head=fp8_head,
-                         fused_ce_kernel=kernel)
+                         fused_ce_kernel=kernel, use_fused_head=fused_head)
     model = tg.GPT(cfg, max_seq_len=2048).cuda()
     with torch.no_grad():
         for name, p in model.named_parameters():

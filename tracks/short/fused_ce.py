@@ -129,6 +129,49 @@ def _softcapped_mtp_ce_one_pass_kernel(logits_ptr, grad_ptr, targets_ptr, weight
         tl.store(row_grad + safe_t, u_t.to(grad_ptr.dtype.element_ty), mask=valid)
 
 
+@triton.jit
+def _scaled_cast_both_layouts_kernel(u_ptr, row_scale_ptr, factor_ptr, out_ptr, out_t_ptr, n_rows, n_cols,
+                                     LIMIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    # One (BM x BN) tile of the one-pass kernel's unnormalized gradient u: times its rows' scales and the factor,
+    # clamped to +-LIMIT, cast to the outputs' dtype, stored as is into out (rows, cols) and transposed into
+    # out_t (cols, rows). The transposed store goes through the tile in registers (tl.trans), so both stores write
+    # whole runs of consecutive bytes.
+    rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1).to(tl.int64) * BN + tl.arange(0, BN)
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & (cols[None, :] < n_cols)
+    u = tl.load(u_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(row_scale_ptr + rows, mask=row_ok, other=0.0) * tl.load(factor_ptr)
+    g = tl.clamp(u * scale[:, None], -LIMIT, LIMIT).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], g, mask=mask)
+    tl.store(out_t_ptr + cols[:, None] * n_rows + rows[None, :], tl.trans(g), mask=tl.trans(mask))
+
+
+# Tile of the cast: 128 x 128 (a 32 KiB bf16 tile; 128 consecutive bytes per transposed e5m2 column). Not yet
+# measured against other tiles on a GPU (tests/gpu/test_fused_ce_gpu.py benchmarks them).
+CAST_BM, CAST_BN, CAST_WARPS = 128, 128, 8
+
+
+def scaled_cast_both_layouts(u: torch.Tensor, row_scale: torch.Tensor, factor: torch.Tensor,
+                             dtype: torch.dtype = torch.float8_e5m2, bm: int = CAST_BM, bn: int = CAST_BN,
+                             num_warps: int = CAST_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u (N, V), row_scale (N,) float32, factor () float32 on the device) -> (g, g^T contiguous) in dtype, with
+    g = clamp(u * row_scale[:, None] * factor) at dtype's largest finite value: the gradient of the one-pass
+    kernel, ready for both FP8 matmuls of the head's backward (grad_x reads g row-major, grad_w reads g^T row-major:
+    an FP8 matmul on Hopper takes both operands contiguous along the reduced dimension). One pass over u, where
+    Inductor's fused cast wrote the transposed copy at about a third of the memory bandwidth (3.0 ms per 32,768
+    rows of 50,304, tracks/short/NOTES.md)."""
+    assert u.dim() == 2 and u.is_contiguous() and row_scale.shape == (u.size(0),) and factor.numel() == 1
+    n_rows, n_cols = u.shape
+    out = torch.empty((n_rows, n_cols), dtype=dtype, device=u.device)
+    out_t = torch.empty((n_cols, n_rows), dtype=dtype, device=u.device)
+    grid = (triton.cdiv(n_rows, bm), triton.cdiv(n_cols, bn))
+    _scaled_cast_both_layouts_kernel[grid](u, row_scale.float().contiguous(), factor.float().reshape(1), out, out_t,
+                                           n_rows, n_cols, LIMIT=float(torch.finfo(dtype).max), BM=bm, BN=bn,
+                                           num_warps=num_warps)
+    return out, out_t
+
+
 def mtp_targets(targets: torch.Tensor, k_max: int) -> torch.Tensor:
     """(B, T) next-token targets -> (B*T, k_max): column k is the target k tokens further on, -1 past the row's end
     (position t predicts targets[t + k]). Every column keeps the row's full length (rolled, the wrapped positions set
@@ -170,15 +213,26 @@ def _launch(kernel, logits, targets, weights, softcap: tuple, block: int, num_wa
     return grad, rows
 
 
-def _outputs(ctx, row_loss, next_loss):
-    next_token = next_loss.mean()
-    ctx.mark_non_differentiable(next_token)
-    return row_loss.sum(), next_token
-
-
 # BLOCK 4096 with 8 warps: the fastest of five configs of the two-pass kernel at 16,384 rows x 50,304 on an H200
 # (tracks/short/NOTES.md); the track runs these defaults.
 BLOCK, NUM_WARPS = 4096, 8
+
+
+def one_pass_forward(logits, targets, weights, softcap: tuple, block: int = BLOCK, num_warps: int = NUM_WARPS):
+    """The one-pass kernel's forward alone: (u, row loss, next-token loss, row scale), u the unnormalized gradient
+    block in the logits' dtype, row_scale[:, None] * u the gradient of the row losses' sum (for a caller that owns
+    the backward: train_gpt.py's FP8HeadMTPLoss)."""
+    u, (row_loss, next_loss, row_scale) = _launch(_softcapped_mtp_ce_one_pass_kernel, logits, targets, weights,
+                                                  softcap, block, num_warps, 3)
+    return u, row_loss, next_loss, row_scale
+
+
+def outputs(ctx, row_loss, next_loss):
+    """The two outputs of every loss Function here: the summed row losses and the mean next-token loss (no
+    gradient)."""
+    next_token = next_loss.mean()
+    ctx.mark_non_differentiable(next_token)
+    return row_loss.sum(), next_token
 
 
 class SoftcappedMTPCrossEntropy(torch.autograd.Function):
@@ -190,7 +244,7 @@ class SoftcappedMTPCrossEntropy(torch.autograd.Function):
         grad, (row_loss, next_loss) = _launch(_softcapped_mtp_ce_kernel, logits, targets, weights, softcap, block,
                                               num_warps, 2)
         ctx.save_for_backward(grad)
-        return _outputs(ctx, row_loss, next_loss)
+        return outputs(ctx, row_loss, next_loss)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_next):
@@ -207,10 +261,9 @@ class SoftcappedMTPCrossEntropyOnePass(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, weights, softcap: tuple, block: int = BLOCK, num_warps: int = NUM_WARPS):
-        grad, (row_loss, next_loss, row_scale) = _launch(_softcapped_mtp_ce_one_pass_kernel, logits, targets,
-                                                         weights, softcap, block, num_warps, 3)
+        grad, row_loss, next_loss, row_scale = one_pass_forward(logits, targets, weights, softcap, block, num_warps)
         ctx.save_for_backward(grad, row_scale)
-        return _outputs(ctx, row_loss, next_loss)
+        return outputs(ctx, row_loss, next_loss)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_next):

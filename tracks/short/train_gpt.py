@@ -19,7 +19,8 @@ switches (not the recipe; the log says when one is on): SPEEDRUN_WARMUP=0 (compi
 train_time includes compile), SPEEDRUN_COMPILE=0 (eager model: unfused FlexAttention, slow), SPEEDRUN_FP8_HEAD=0
 (bf16 lm_head), SPEEDRUN_TRITON=0 (PyTorch Polar Express), SPEEDRUN_FUSED_CE=0 (the training loss through
 Inductor instead of fused_ce.py's kernel), SPEEDRUN_FUSED_CE_KERNEL=two_pass (its two-pass kernel in place of the
-one-pass one), SPEEDRUN_GRAD_STATS=1 (a `grad_stats:` line per step
+one-pass one), SPEEDRUN_FUSED_HEAD=1 (the FP8 head's backward casts the loss's gradient in fused_ce.py's
+Triton kernel instead of Inductor's; off until measured), SPEEDRUN_GRAD_STATS=1 (a `grad_stats:` line per step
 with the largest gradient of each parameter group; synchronizes every step).
 
 The log follows the competition's protocol (source, versions, nvidia-smi, step lines, peak memory), written to
@@ -101,6 +102,9 @@ class Hyperparameters:
     triton: bool = True
     fused_ce: bool = True
     fused_ce_kernel: str = "one_pass"  # SPEEDRUN_FUSED_CE_KERNEL: one of FUSED_CE_KERNELS
+    # SPEEDRUN_FUSED_HEAD=1: the FP8 head and the one-pass loss as one Function whose backward casts the gradient in
+    # a Triton kernel of ours (FP8HeadMTPLoss). Off until measured against Inductor's cast on a GPU.
+    fused_head: bool = False
     grad_stats: bool = False
     muon_lr: float = 0.023
     muon_weight_decay: float = 1.2  # cautious; multiplied by the scheduled Muon lr and the matrix's own lr
@@ -115,7 +119,7 @@ class Hyperparameters:
     final_lr_frac: float = 0.1
 
 
-DIAGNOSTIC_SWITCHES = ("warmup", "compile", "fp8_head", "triton", "fused_ce", "grad_stats")
+DIAGNOSTIC_SWITCHES = ("warmup", "compile", "fp8_head", "triton", "fused_ce", "fused_head", "grad_stats")
 FUSED_CE_KERNELS = ("one_pass", "two_pass")  # the names of fused_ce.KERNELS (fused_ce.py needs Triton to import)
 
 
@@ -137,6 +141,9 @@ def read_hyperparameters(env=None) -> Hyperparameters:
     if hp.fused_ce_kernel not in FUSED_CE_KERNELS:
         raise ValueError(f"SPEEDRUN_FUSED_CE_KERNEL must be one of {', '.join(FUSED_CE_KERNELS)}, "
                          f"got {hp.fused_ce_kernel!r}")
+    if hp.fused_head and hp.fused_ce_kernel != "one_pass":
+        raise ValueError("SPEEDRUN_FUSED_HEAD=1 runs the one-pass kernel; it cannot be combined with "
+                         f"SPEEDRUN_FUSED_CE_KERNEL={hp.fused_ce_kernel}")
     if env.get("SPEEDRUN_TINY") == "1":
         # Smoke mode for the script's plumbing (CPU or GPU, seconds): a 4-layer width-64 model, 256-token rows,
         # batches / 256, accumulation 2 // world_size (1 or 2 processes). Not the recipe: its losses mean nothing.
@@ -170,6 +177,7 @@ class ModelConfig:
     use_triton: bool = True
     use_fused_ce: bool = False  # the training loss through fused_ce.py (main() turns it on where Triton runs)
     fused_ce_kernel: str = Hyperparameters.fused_ce_kernel  # which of fused_ce.KERNELS
+    use_fused_head: bool = False  # FP8 head + one-pass loss as one Function (FP8HeadMTPLoss); main() sets it
 
 
 def tiny_model_config() -> ModelConfig:
@@ -598,17 +606,35 @@ FP8_GRAD_SCALE = 0.75 / 448
 E4M3_MAX, E5M2_MAX = 448.0, 57344.0
 
 
+def fp8_head_forward(x: torch.Tensor, w: torch.Tensor):
+    """logits = x @ w^T from x and w cast to e4m3 at the fixed scales (bf16 out), and the two casts."""
+    x8 = (x / FP8_X_SCALE).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    w8 = (w / FP8_W_SCALE).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    one = torch.ones((), device=x.device, dtype=torch.float32)
+    out = torch._scaled_mm(x8, w8.t(), scale_a=one * FP8_X_SCALE, scale_b=one * FP8_W_SCALE,
+                           out_dtype=torch.bfloat16, use_fast_accum=True)
+    return out, x8, w8
+
+
+def fp8_head_backward(g8: torch.Tensor, g8_t: torch.Tensor, x8, w8, g_scale: float, w_dtype):
+    """grad_x (bf16) and grad_w (float32 accumulation, w's dtype) from the logits' gradient in e5m2 at scale g_scale,
+    given in both layouts (g8 (N, V) and g8_t = g8^T contiguous: each FP8 matmul reads its operands contiguous
+    along the reduced dimension)."""
+    one = torch.ones((), device=g8.device, dtype=torch.float32)
+    grad_x = torch._scaled_mm(g8, w8.t().contiguous().t(), scale_a=one * g_scale, scale_b=one * FP8_W_SCALE,
+                              out_dtype=torch.bfloat16)
+    grad_w = torch._scaled_mm(g8_t, x8.t().contiguous().t(), scale_a=one * g_scale, scale_b=one * FP8_X_SCALE,
+                              out_dtype=torch.float32)
+    return grad_x, grad_w.to(w_dtype)
+
+
 class FP8Head(torch.autograd.Function):
     """logits = x @ w^T with x and w in float8 e4m3 at fixed scales, bf16 output. Backward: grad_x and grad_w
     from the gradient in e5m2 (fixed scale grad_scale * 0.75/448); grad_w accumulates in float32."""
 
     @staticmethod
     def forward(ctx, x, w, grad_scale: float = 1.0):
-        x8 = (x / FP8_X_SCALE).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        w8 = (w / FP8_W_SCALE).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        one = torch.ones((), device=x.device, dtype=torch.float32)
-        out = torch._scaled_mm(x8, w8.t(), scale_a=one * FP8_X_SCALE, scale_b=one * FP8_W_SCALE,
-                               out_dtype=torch.bfloat16, use_fast_accum=True)
+        out, x8, w8 = fp8_head_forward(x, w)
         ctx.save_for_backward(x8, w8)
         ctx.g_scale = FP8_GRAD_SCALE * grad_scale
         ctx.w_dtype = w.dtype
@@ -618,12 +644,32 @@ class FP8Head(torch.autograd.Function):
     def backward(ctx, grad):
         x8, w8 = ctx.saved_tensors
         g8 = (grad / ctx.g_scale).clamp(-E5M2_MAX, E5M2_MAX).to(torch.float8_e5m2)
-        one = torch.ones((), device=grad.device, dtype=torch.float32)
-        grad_x = torch._scaled_mm(g8, w8.t().contiguous().t(), scale_a=one * ctx.g_scale, scale_b=one * FP8_W_SCALE,
-                                  out_dtype=torch.bfloat16)
-        grad_w = torch._scaled_mm(g8.t().contiguous(), x8.t().contiguous().t(), scale_a=one * ctx.g_scale,
-                                  scale_b=one * FP8_X_SCALE, out_dtype=torch.float32)
-        return grad_x, grad_w.to(ctx.w_dtype), None
+        return *fp8_head_backward(g8, g8.t().contiguous(), x8, w8, ctx.g_scale, ctx.w_dtype), None
+
+
+class FP8HeadMTPLoss(torch.autograd.Function):
+    """FP8Head followed by fused_ce's one-pass loss, as one Function (SPEEDRUN_FUSED_HEAD=1): (x, w, targets (N, K),
+    weights (K,), softcap, grad_scale) -> the one-pass loss's two outputs. Its backward makes the e5m2 gradient in
+    both layouts in one Triton pass over the loss's unnormalized gradient (fused_ce.scaled_cast_both_layouts), in
+    place of Inductor's fused multiply, cast and transposed copy (24.1 ms of step 46's 452.9, three times its
+    bandwidth time; NOTES.md). The same math as the two Functions in a row, without the bf16 rounding of the
+    gradient between them."""
+
+    @staticmethod
+    def forward(ctx, x, w, targets, weights, softcap: tuple, grad_scale: float = 1.0):
+        logits, x8, w8 = fp8_head_forward(x, w)
+        u, row_loss, next_loss, row_scale = fused_ce.one_pass_forward(logits, targets, weights, softcap)
+        ctx.save_for_backward(x8, w8, u, row_scale)
+        ctx.g_scale = FP8_GRAD_SCALE * grad_scale
+        ctx.w_dtype = w.dtype
+        return fused_ce.outputs(ctx, row_loss, next_loss)
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_next):
+        x8, w8, u, row_scale = ctx.saved_tensors
+        # grad_total stays on the device (a 0-d tensor): reading it on the host would synchronize every micro-step
+        g8, g8_t = fused_ce.scaled_cast_both_layouts(u, row_scale, grad_total.float() / ctx.g_scale)
+        return *fp8_head_backward(g8, g8_t, x8, w8, ctx.g_scale, ctx.w_dtype), None, None, None, None
 
 
 def softcap(logits: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -776,6 +822,9 @@ class GPT(nn.Module):
         normalizer, the K target terms and the logits' gradient in one program per token row, instead of the float32
         softcap, logsumexp and gathers above (their backward rereads and rewrites the logits block several times)."""
         per_token_targets = fused_ce.mtp_targets(targets, mtp_weights.size(0))  # -1 where no term
+        if self.cfg.use_fused_head and x.is_cuda and self.cfg.use_fp8_head:
+            return FP8HeadMTPLoss.apply(x, self.lm_head_w, per_token_targets, mtp_weights, self.cfg.softcap,
+                                        self.fp8_grad_scale)
         kernel = fused_ce.KERNELS[self.cfg.fused_ce_kernel]
         return kernel.apply(self._logits(x), per_token_targets, mtp_weights, self.cfg.softcap)
 
@@ -1184,6 +1233,7 @@ def main():
     cfg.use_triton = on_gpu and hp.triton
     cfg.use_fused_ce = on_gpu and hp.fused_ce and fused_ce is not None
     cfg.fused_ce_kernel = hp.fused_ce_kernel
+    cfg.use_fused_head = cfg.use_fused_ce and cfg.use_fp8_head and hp.fused_head
     changed = [f"{name}={int(getattr(hp, name))}" for name in DIAGNOSTIC_SWITCHES
                if getattr(hp, name) != getattr(Hyperparameters, name)]
     if hp.fused_ce_kernel != Hyperparameters.fused_ce_kernel:
