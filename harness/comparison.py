@@ -18,6 +18,7 @@ What the comparison reports (fixed-N, whatever the stopping rule was):
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.results import BASELINE, CANDIDATE, Run, arm_values, load_campaign, load_runs, ok_runs, pair_differences
+from harness.logs import StepLine, parse_log
+from harness.results import (BASELINE, CANDIDATE, Run, arm_values, load_campaign, load_runs, ok_runs, pair_differences,
+                             recorded_log_path, run_folder)
 from harness.rules import ALPHA, CONFIDENCE
 from harness.sequential import TIME_PRIOR, paired_sequential_markdown
+from harness.step_times import STAGE_WARMUP_STEPS, StageWindow, stage_windows, window_step_ms
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,6 +172,98 @@ def telemetry_comparison(runs: list[Run]) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Where the two arms differ: the validation curve step by step, and the step time stage by stage
+
+# The per-step loss table's interval: descriptive (is the candidate's curve level with the baseline's at each
+# validation?), not the record rule's test, whose 99% the time and final-loss lines keep.
+CURVE_CONFIDENCE = 0.95
+
+
+def _mean_sd(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1)"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} ({len(values)})"
+
+
+def val_curve_table(runs: list[Run]) -> list[str]:
+    """Markdown lines: every validation step of the ok runs, each arm's mean ± sd (n) and candidate - baseline
+    with its Welch interval at CURVE_CONFIDENCE; [] when no ok run recorded a curve."""
+    per_arm: dict[str, dict[int, list[float]]] = {BASELINE: {}, CANDIDATE: {}}
+    for arm, by_step in per_arm.items():
+        for r in ok_runs(runs, arm):
+            for step, loss in r.val_curve or []:
+                by_step.setdefault(int(step), []).append(float(loss))
+    steps = sorted(set(per_arm[BASELINE]) | set(per_arm[CANDIDATE]))
+    if not steps:
+        return []
+    lines = [f"Validation loss at each step (mean ± sd (runs); the difference with its {CURVE_CONFIDENCE:.0%} "
+             "Welch interval where each arm has 2 runs or more):", "",
+             f"| step | baseline | candidate | candidate - baseline ({CURVE_CONFIDENCE:.0%} CI) |",
+             "| --- | --- | --- | --- |"]
+    for step in steps:
+        a, b = per_arm[BASELINE].get(step, []), per_arm[CANDIDATE].get(step, [])
+        d = welch_difference(a, b, CURVE_CONFIDENCE)
+        if d is not None:
+            diff = f"{d.diff + 0.0:+.4f} ({d.ci_low + 0.0:+.4f} to {d.ci_high + 0.0:+.4f})"
+        elif a and b:
+            diff = f"{statistics.fmean(b) - statistics.fmean(a) + 0.0:+.4f}"
+        else:
+            diff = "-"
+        lines.append(f"| {step} | {_mean_sd(a, 4)} | {_mean_sd(b, 4)} | {diff} |")
+    return lines
+
+
+def _run_steps(campaign_dir: Path, run: Run) -> tuple[str, list[StepLine]] | None:
+    """The text and step lines of a finished run's log; None when its log is not there (a committed campaign may
+    leave out a log that embeds someone else's code) or cannot be read."""
+    path = recorded_log_path(run_folder(campaign_dir, run.index), run)
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return text, parse_log(text).steps
+
+
+def stage_time_table(campaign_dir: str | Path, runs: list[Run]) -> list[str]:
+    """Markdown lines: ms per step of each arm over the same steps of every stage (harness.step_times), the stages
+    as the candidate's log names them (else the baseline's); [] when no ok run's log names stages."""
+    d = Path(campaign_dir)
+    logs = {arm: [x for x in (_run_steps(d, r) for r in ok_runs(runs, arm)) if x is not None]
+            for arm in (BASELINE, CANDIDATE)}
+    windows: list[StageWindow] = []
+    source = ""
+    for arm in (CANDIDATE, BASELINE):
+        for text, _ in logs[arm]:
+            windows = stage_windows(text)
+            if windows:
+                source = arm
+                break
+        if windows:
+            break
+    if not windows:
+        return []
+    lines = [f"Step time per stage (ms per step, mean ± sd (runs), from each run's step lines over the same steps: "
+             f"the stages the {source}'s log names, each without its first {STAGE_WARMUP_STEPS} steps and any "
+             "step right after a validation):", "",
+             "| stage | steps | baseline (ms) | candidate (ms) | candidate / baseline |", "| --- | --- | --- | --- | --- |"]
+    for w in windows:
+        ms = {arm: [v for v in (window_step_ms(steps, w) for _, steps in logs[arm]) if v is not None]
+              for arm in logs}
+        a, b = ms[BASELINE], ms[CANDIDATE]
+        ratio = f"{statistics.fmean(b) / statistics.fmean(a):.3f}" if a and b and statistics.fmean(a) > 0 else "-"
+        lines.append(f"| {w.name} | {w.label} | {_mean_sd(a, 1)} | {_mean_sd(b, 1)} | {ratio} |")
+    missing = [arm for arm in logs if len(logs[arm]) < len(ok_runs(runs, arm))]
+    if missing:
+        lines += ["", "Not every ok run's log is in the campaign folder (" + ", ".join(missing)
+                  + "): those runs are not in the stage times."]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The markdown section under the two blocks
 
 
@@ -210,6 +306,9 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
     if seq and len(pairs) >= 1:
         lines.append("")
         lines.append(paired_sequential_markdown(pairs, alpha, TIME_PRIOR))
+    for table in (val_curve_table(runs), stage_time_table(d, runs)):
+        if table:
+            lines += [""] + table
     tele = telemetry_comparison(runs)
     lines.append("")
     if tele is None:

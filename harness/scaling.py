@@ -15,16 +15,15 @@ section of record.md, as for any campaign.
 
 from __future__ import annotations
 
-import re
 import statistics
 from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.logs import parse_log
 from harness.results import Run, load_campaign, load_runs, ok_runs, recorded_log_path, run_folder
+from harness.step_times import stage_lines
 
 ARM_PREFIX = "gpus"
-_STAGE_RE = re.compile(r"^stage:(\S+) .*?steady_step_ms:([0-9.]+)")
 WARMUP_STEPS = 5  # steps left out of a generic steady-state time (compile, allocator, first data loads)
 
 
@@ -63,11 +62,7 @@ def scaling_schedule(counts: list[int], runs: int) -> tuple[list[str], list[int]
 def stage_step_times(log_text: str) -> dict[str, float]:
     """Steady step time (ms) per stage from a log: the script's own `stage:` lines when it prints them, else
     {'all': median step-to-step train_time difference after the first WARMUP_STEPS steps}."""
-    stages = {}
-    for line in log_text.splitlines():
-        m = _STAGE_RE.match(line.strip())
-        if m:
-            stages[m.group(1)] = float(m.group(2))
+    stages = {name: steady_ms for name, _, _, steady_ms in stage_lines(log_text)}
     if stages:
         return stages
     steps = [s for s in parse_log(log_text).steps if s.val_loss is None]  # training step lines only

@@ -32,8 +32,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
         "harness.procs", "harness.clocks", "harness.telemetry", "harness.telemetry.sampler",
         "harness.telemetry.bench")),
     ("model: results, statistics, parsers and checks; no processes, no console", (
-        "harness.results", "harness.verdict", "harness.stop_rules", "harness.comparison", "harness.scaling",
-        "harness.plan", "harness.sequential", "harness.record_block", "harness.logs", "harness.verify",
+        "harness.results", "harness.verdict", "harness.stop_rules", "harness.comparison", "harness.step_times",
+        "harness.scaling", "harness.plan", "harness.sequential", "harness.record_block", "harness.logs", "harness.verify",
         "harness.record_pins", "harness.fingerprint", "harness.tracks", "harness.rules",
         "harness.profiles", "harness.telemetry.*")),  # the telemetry package's readers and summaries (its sampler is the engine's)
     ("base: errors and atomic files; the profiler hook, which runs inside a training process and imports no "
