@@ -144,7 +144,8 @@ def _scaled_cast_both_layouts_kernel(u_ptr, row_scale_ptr, factor_ptr, out_ptr, 
     scale = tl.load(row_scale_ptr + rows, mask=row_ok, other=0.0) * tl.load(factor_ptr)
     g = tl.clamp(u * scale[:, None], -LIMIT, LIMIT).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], g, mask=mask)
-    tl.store(out_t_ptr + cols[:, None] * n_rows + rows[None, :], tl.trans(g), mask=tl.trans(mask))
+    mask_t = (cols[:, None] < n_cols) & row_ok[None, :]
+    tl.store(out_t_ptr + cols[:, None] * n_rows + rows[None, :], tl.trans(g), mask=mask_t)
 
 
 # Tile of the cast: 128 x 128 (a 32 KiB bf16 tile; 128 consecutive bytes per transposed e5m2 column). Not yet
