@@ -13,11 +13,25 @@ from conftest import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "tracks/short/fused_ce.py"
+# The head of a child's test body: torch, and fused_ce.py as `m`
+LOAD_FUSED_CE = textwrap.dedent(f'''
+    import importlib.util, torch
+    spec = importlib.util.spec_from_file_location("fused_ce", {str(MODULE)!r})
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+''')
 
 
 def _load():
     pytest.importorskip("triton")
     return load_module("short_fused_ce", MODULE)
+
+
+def _run_ok(code: str, env: dict, timeout: int) -> None:
+    """Run a test body in a child Python (the interpreter's TRITON_INTERPRET must be set before triton is
+    imported), which prints "ok" at its end."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok"), out.stdout
 
 
 def test_mtp_targets_shift_each_column_and_mark_the_rows_end():
@@ -32,10 +46,7 @@ def test_mtp_targets_shift_each_column_and_mark_the_rows_end():
 @pytest.mark.parametrize("impl", ["SoftcappedMTPCrossEntropy", "SoftcappedMTPCrossEntropyOnePass"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype, impl, triton_interpreter):
-    code = textwrap.dedent(f'''
-        import importlib.util, torch
-        spec = importlib.util.spec_from_file_location("fused_ce", {str(MODULE)!r})
-        m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    code = LOAD_FUSED_CE + textwrap.dedent(f'''
         torch.manual_seed(0)
         B, T, V, K = 2, 5, 1000, 3          # V not a multiple of the block: the masked tail is exercised
         A, Bc, C = 23.0, 5.0, 7.5
@@ -62,10 +73,7 @@ def test_kernel_matches_autograd_on_the_formula_under_the_interpreter(dtype, imp
         assert (lg.grad.double() * ref).sum() > 0
         print("ok", got_total.item(), err)
     ''')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=triton_interpreter)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.startswith("ok")
+    _run_ok(code, triton_interpreter, timeout=300)
 
 
 @pytest.mark.parametrize("kernel", ["one_pass", "two_pass"])
@@ -107,10 +115,7 @@ def test_track_model_loss_and_gradients_equal_with_the_fused_kernel(triton_inter
             assert err <= 1e-2 * g0[name].abs().max().item() + 1e-9, (name, err, g0[name].abs().max().item())
         print("ok", t0, t1)
     ''')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env=triton_interpreter)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.startswith("ok")
+    _run_ok(code, triton_interpreter, timeout=600)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -119,10 +124,7 @@ def test_scaled_cast_writes_both_layouts_under_the_interpreter(dtype, triton_int
     u * row_scale * factor in the output dtype, out_t its transpose, every element written (the outputs start as
     empty memory: a missed masked edge shows as garbage, an out-of-bounds store as a wrong neighbour). float16 for
     a narrowing store that the interpreter rounds as torch does (its bfloat16 rounding differs by an ulp)."""
-    code = textwrap.dedent(f'''
-        import importlib.util, torch
-        spec = importlib.util.spec_from_file_location("fused_ce", {str(MODULE)!r})
-        m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    code = LOAD_FUSED_CE + textwrap.dedent(f'''
         torch.manual_seed(0)
         N, V = 37, 300
         u = torch.randn(N, V).bfloat16()
@@ -135,10 +137,7 @@ def test_scaled_cast_writes_both_layouts_under_the_interpreter(dtype, triton_int
         assert torch.equal(out_t, want.t())
         print("ok")
     ''')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=triton_interpreter)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.startswith("ok")
+    _run_ok(code, triton_interpreter, timeout=300)
 
 
 def test_scaled_cast_saturates_e5m2_under_the_interpreter(triton_interpreter):
@@ -146,10 +145,7 @@ def test_scaled_cast_saturates_e5m2_under_the_interpreter(triton_interpreter):
     head's FP8 matmuls would poison both gradients). Only the saturated entries and the signs are checked here:
     Triton 3.6's interpreter rounds float32 -> e5m2 with a dropped carry (7.72 becomes 4, not 8), which the GPU
     test compares bit for bit against torch's cast on the hardware."""
-    code = textwrap.dedent(f'''
-        import importlib.util, torch
-        spec = importlib.util.spec_from_file_location("fused_ce", {str(MODULE)!r})
-        m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    code = LOAD_FUSED_CE + textwrap.dedent(f'''
         torch.manual_seed(0)
         N, V = 20, 70
         u = torch.randn(N, V).bfloat16()
@@ -164,10 +160,7 @@ def test_scaled_cast_saturates_e5m2_under_the_interpreter(triton_interpreter):
         assert torch.equal(out_t.float(), got.t())
         print("ok")
     ''')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=triton_interpreter)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.startswith("ok")
+    _run_ok(code, triton_interpreter, timeout=300)
 
 
 def test_fp8_head_mtp_loss_equals_the_head_then_the_loss_on_cpu(triton_interpreter):
@@ -211,7 +204,4 @@ def test_fp8_head_mtp_loss_equals_the_head_then_the_loss_on_cpu(triton_interpret
             assert b.norm() > 0 and rel < 0.03, rel
         print("ok", t1, ((gx1 - gx0).norm() / gx0.norm()).item(), ((gw1 - gw0).norm() / gw0.norm()).item())
     ''')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env=triton_interpreter)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.startswith("ok"), out.stdout
+    _run_ok(code, triton_interpreter, timeout=600)
