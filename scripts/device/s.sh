@@ -54,7 +54,7 @@ if [ $(elapsed) -lt 1350 ]; then
     > $W/shortgpu.log 2>&1
   echo "short gpu tests rc $? at $(date)" >> $W/shortgpu.log
 fi
-if [ $(elapsed) -lt 1480 ]; then
+if [ $(elapsed) -lt 1420 ]; then
   python3 -m harness profile short --step 45 --nproc 1 --data-path /var/tmp/d $SCHED $KERNEL_ENV --out $W/sprof \
     > $W/profile.log 2>&1
   echo "profile rc $? at $(date)" >> $W/profile.log
