@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.logs import StepLine, parse_log
+from harness.logs import parse_log
 from harness.results import (BASELINE, CANDIDATE, Run, arm_values, load_campaign, load_runs, ok_runs, pair_differences,
-                             recorded_log_path, run_folder)
+                             read_run_log)
 from harness.rules import ALPHA, CONFIDENCE
 from harness.sequential import TIME_PRIOR, paired_sequential_markdown
-from harness.step_times import STAGE_WARMUP_STEPS, StageWindow, stage_windows, window_step_ms
+from harness.step_times import STAGE_WARMUP_STEPS, stage_windows, window_step_ms
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,48 +215,27 @@ def val_curve_table(runs: list[Run]) -> list[str]:
     return lines
 
 
-def _run_steps(campaign_dir: Path, run: Run) -> tuple[str, list[StepLine]] | None:
-    """The text and step lines of a finished run's log; None when its log is not there (a committed campaign may
-    leave out a log that embeds someone else's code) or cannot be read."""
-    path = recorded_log_path(run_folder(campaign_dir, run.index), run)
-    if path is None:
-        return None
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return text, parse_log(text).steps
-
-
 def stage_time_table(campaign_dir: str | Path, runs: list[Run]) -> list[str]:
     """Markdown lines: ms per step of each arm over the same steps of every stage (harness.step_times), the stages
     as the candidate's log names them (else the baseline's); [] when no ok run's log names stages."""
     d = Path(campaign_dir)
-    logs = {arm: [x for x in (_run_steps(d, r) for r in ok_runs(runs, arm)) if x is not None]
-            for arm in (BASELINE, CANDIDATE)}
-    windows: list[StageWindow] = []
-    source = ""
-    for arm in (CANDIDATE, BASELINE):
-        for text, _ in logs[arm]:
-            windows = stage_windows(text)
-            if windows:
-                source = arm
-                break
-        if windows:
-            break
+    ok = {arm: ok_runs(runs, arm) for arm in (BASELINE, CANDIDATE)}
+    texts = {arm: [t for t in (read_run_log(d, r) for r in ok[arm]) if t is not None] for arm in ok}
+    windows, source = next(((w, arm) for arm in (CANDIDATE, BASELINE) for text in texts[arm]
+                            if (w := stage_windows(text))), ([], ""))
     if not windows:
         return []
+    steps = {arm: [parse_log(t).steps for t in texts[arm]] for arm in texts}
     lines = [f"Step time per stage (ms per step, mean ± sd (runs), from each run's step lines over the same steps: "
              f"the stages the {source}'s log names, each without its first {STAGE_WARMUP_STEPS} steps and any "
              "step right after a validation):", "",
              "| stage | steps | baseline (ms) | candidate (ms) | candidate / baseline |", "| --- | --- | --- | --- | --- |"]
     for w in windows:
-        ms = {arm: [v for v in (window_step_ms(steps, w) for _, steps in logs[arm]) if v is not None]
-              for arm in logs}
+        ms = {arm: [v for v in (window_step_ms(st, w) for st in steps[arm]) if v is not None] for arm in steps}
         a, b = ms[BASELINE], ms[CANDIDATE]
         ratio = f"{statistics.fmean(b) / statistics.fmean(a):.3f}" if a and b and statistics.fmean(a) > 0 else "-"
         lines.append(f"| {w.name} | {w.label} | {_mean_sd(a, 1)} | {_mean_sd(b, 1)} | {ratio} |")
-    missing = [arm for arm in logs if len(logs[arm]) < len(ok_runs(runs, arm))]
+    missing = [arm for arm in ok if len(texts[arm]) < len(ok[arm])]
     if missing:
         lines += ["", "Not every ok run's log is in the campaign folder (" + ", ".join(missing)
                   + "): those runs are not in the stage times."]

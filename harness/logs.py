@@ -456,8 +456,9 @@ def parse_log(text: str) -> ParsedLog:
     return parsed
 
 
-def parse_log_file(path) -> ParsedLog:
-    """Read and parse a log file; a missing, unreadable or binary file is one clear HarnessError."""
+def read_log_text(path) -> tuple[str, int]:
+    """A log file's text and the number of undecodable byte sequences replaced in it; a missing, unreadable, binary
+    or oversized file is one clear HarnessError."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -473,11 +474,15 @@ def parse_log_file(path) -> ParsedLog:
     if b"\x00" in data:
         raise HarnessError(f"{path}: binary file, not a text log")
     try:
-        text = data.decode("utf-8")
-        replaced = 0
+        return data.decode("utf-8"), 0
     except UnicodeDecodeError:
         text = data.decode("utf-8", errors="replace")
-        replaced = text.count("\ufffd")
+        return text, text.count("\ufffd")
+
+
+def parse_log_file(path) -> ParsedLog:
+    """Read and parse a log file; a missing, unreadable or binary file is one clear HarnessError."""
+    text, replaced = read_log_text(path)
     parsed = parse_log(text)
     if replaced:
         parsed.issues.append(Problem(

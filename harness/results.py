@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from harness.errors import HarnessError
 from harness.fsio import read_json, read_json_object, write_json_atomic
+from harness.logs import read_log_text
 
 FORMAT_VERSION = 1
 CAMPAIGN_FILE = "campaign.json"
@@ -169,6 +170,18 @@ def recorded_log_path(run_dir: Path, run: Run) -> Path | None:
         return run_dir / named
     found = run_log_path(run_dir)
     return found if found.is_file() else None
+
+
+def read_run_log(campaign_dir: Path, run: Run) -> str | None:
+    """The text of a finished run's log (recorded_log_path), None where it is not there or is no log (unreadable,
+    binary, oversized: logs.read_log_text): a committed campaign may leave out a log that embeds someone else's code."""
+    path = recorded_log_path(run_folder(campaign_dir, run.index), run)
+    if path is None:
+        return None
+    try:
+        return read_log_text(path)[0]
+    except HarnessError:
+        return None
 
 
 def has_run(run_dir: Path) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.logs import parse_log
-from harness.results import Run, load_campaign, load_runs, ok_runs, recorded_log_path, run_folder
+from harness.results import Run, load_campaign, load_runs, ok_runs, read_run_log
 from harness.step_times import stage_lines
 
 ARM_PREFIX = "gpus"
@@ -72,13 +72,8 @@ def stage_step_times(log_text: str) -> dict[str, float]:
 
 
 def _run_stage_times(campaign_dir: Path, run: Run) -> dict[str, float]:
-    path = recorded_log_path(run_folder(campaign_dir, run.index), run)
-    if path is None:
-        return {}
-    try:
-        return stage_step_times(path.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return {}
+    text = read_run_log(campaign_dir, run)
+    return stage_step_times(text) if text is not None else {}
 
 
 def scaling_table(campaign_dir: str | Path) -> dict:

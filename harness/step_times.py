@@ -60,6 +60,7 @@ def window_step_ms(steps: list[StepLine], window: StageWindow) -> float | None:
     """Mean ms per step over the window from a log's step lines; None when the log has none of its steps."""
     train = {s.step: s.train_time_ms for s in steps if s.val_loss is None}
     validated = {s.step for s in steps if s.val_loss is not None}
-    deltas = [train[k] - train[k - 1] for k in range(window.first, window.last + 1)
-              if k in train and k - 1 in train and k - 1 not in validated]
+    # over the steps the log has, not the window's range: a `stage:` line may claim any number of steps
+    deltas = [train[k] - train[k - 1] for k in sorted(train)
+              if window.first <= k <= window.last and k - 1 in train and k - 1 not in validated]
     return statistics.fmean(deltas) if deltas else None

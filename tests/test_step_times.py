@@ -62,6 +62,22 @@ def test_a_stage_no_longer_than_the_warmup_keeps_all_its_steps():
     assert (windows[1].first, windows[1].last) == (9, 9)
 
 
+def test_a_hostile_stage_line_or_log_costs_nothing(tmp_path):
+    """A stage line claiming a billion steps is measured over the steps the log has (no loop over the claim); a
+    binary file where a run's log should be is left out of the table like a missing one, with no traceback."""
+    steps = parse_log(_log(_arm_runs("baseline")[0])).steps
+    huge = stage_windows("stage:s9 first_step:0 steps:999999999 steady_step_ms:1.0\n")[0]
+    assert huge.last == 999999999
+    assert window_step_ms(steps, huge) == pytest.approx(window_step_ms(steps, StageWindow("all", 6, 128)))
+    copy = tmp_path / "c"
+    shutil.copytree(CAMPAIGN, copy)
+    run3 = json.loads((copy / "runs/3/run.json").read_text())
+    (copy / "runs/3" / run3["log_file"]).write_bytes(b"\x00\x01 not a log")
+    lines = stage_time_table(copy, load_runs(copy))
+    assert any("baseline): those runs" in line for line in lines)
+    assert any(line.startswith("| s1 |") and "(2) |" in line for line in lines)
+
+
 def test_val_curve_table_matches_an_independent_welch_interval():
     scipy_stats = pytest.importorskip("scipy.stats")
     runs = load_runs(CAMPAIGN)
