@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"runs per arm (default {DEFAULT_COMPARE_RUNS})")
     c.add_argument("--until-significant", action="store_true")
     c.add_argument("--max-runs", type=_positive_int)
+    c.add_argument("--seed-base", type=int, default=0,
+                   help="pair k (both of its runs) gets SPEEDRUN_SEED=seed_base+k (default 0)")
 
     pr = sub.add_parser("profile", help="one run of each arm with the PyTorch profiler over the steps after --step; "
                                         "their kernels side by side")
@@ -278,7 +280,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_compare(args.baseline, args.candidate, runs=args.runs, until_significant=args.until_significant,
                            max_runs=args.max_runs, out=args.out, env=_env_pairs(args.env), nproc=args.nproc,
                            data_path=args.data_path, telemetry=not args.no_telemetry, quiet=args.quiet,
-                           add_files=args.add_file, track=args.track, run_anyway=args.run_anyway)
+                           add_files=args.add_file, track=args.track, run_anyway=args.run_anyway,
+                           seed_base=args.seed_base)
     if args.command == "profile":
         from harness.commands.profile import cmd_profile
 

@@ -889,9 +889,12 @@ def test_fused_ce_kernel_is_chosen_by_name(tg):
         assert set(tg.FUSED_CE_KERNELS) == set(tg.fused_ce.KERNELS)
 
 
-def test_fused_head_switch_is_off_by_default_and_needs_the_one_pass_kernel(tg):
-    assert tg.read_hyperparameters({}).fused_head is False
-    assert tg.read_hyperparameters({"SPEEDRUN_FUSED_HEAD": "1"}).fused_head is True
+def test_fused_head_is_on_by_default_and_only_with_the_one_pass_kernel(tg):
+    assert tg.read_hyperparameters({}).fused_head is True
+    assert tg.read_hyperparameters({"SPEEDRUN_FUSED_HEAD": "0"}).fused_head is False
+    # the two-pass diagnostic runs without the fused head, which is built on the one-pass kernel
+    assert tg.read_hyperparameters({"SPEEDRUN_FUSED_CE_KERNEL": "two_pass"}).fused_head is False
+    assert tg.read_hyperparameters({"SPEEDRUN_FUSED_CE_KERNEL": "two_pass", "SPEEDRUN_FUSED_HEAD": "0"}).fused_head is False
     with pytest.raises(ValueError, match="SPEEDRUN_FUSED_HEAD=1 runs the one-pass kernel"):
         tg.read_hyperparameters({"SPEEDRUN_FUSED_HEAD": "1", "SPEEDRUN_FUSED_CE_KERNEL": "two_pass"})
     with pytest.raises(ValueError, match="SPEEDRUN_FUSED_HEAD must be 0 or 1"):

@@ -88,7 +88,7 @@ def cmd_compare(baseline: str, candidate: str, runs: int = DEFAULT_COMPARE_RUNS,
                 max_runs: int | None = None, out: str | None = None, env: dict | None = None,
                 nproc: int | None = None, data_path: str | None = None, telemetry: bool = True,
                 quiet: bool = False, add_files: list[str] | None = None, track: str | None = None,
-                run_anyway: bool = False) -> int:
+                run_anyway: bool = False, seed_base: int = 0) -> int:
     """Run both arms interleaved; print and write the comparison. The verdict (and exit 4 when it fails) is
     the candidate's loss claim against the target; the time gain is reported, not judged. Exit 3 if some
     runs failed."""
@@ -106,8 +106,10 @@ def cmd_compare(baseline: str, candidate: str, runs: int = DEFAULT_COMPARE_RUNS,
         stop_rule = make_stop_rule(cand.track.target, cand.track.alpha, per_arm, kind=rule)
         extra["until_significant"] = {"max_runs": per_arm, "kind": rule}
     schedule = balanced_order(per_arm)
-    # Both runs of an A/B pair get the same seed, so seed-to-seed loss variation cancels within a pair.
-    seeds = [k // 2 for k in range(len(schedule))]
+    # Both runs of an A/B pair get the same seed, so seed-to-seed loss variation cancels within a pair. A seeded
+    # script repeats its losses at a seed, so a second campaign to pool with the first needs new seeds
+    # (--seed-base), or it only measures the same seeds again.
+    seeds = [seed_base + k // 2 for k in range(len(schedule))]
     campaign_dir = run_campaign(out_dir, [base, cand], schedule, stop_rule=stop_rule, telemetry=telemetry,
                                 kind=COMPARE, seeds=seeds, extra=extra, display=LiveDisplay(len(schedule), quiet=quiet),
                                 on_finish=write_record)
