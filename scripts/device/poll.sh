@@ -1,7 +1,7 @@
 #!/bin/bash
 # poll.sh LIMIT: start $DRIVER once (setsid, survives the call), then wait until it ends or LIMIT s pass; ship $W.
 LIMIT=${1:-550}; W=/var/tmp/w; T0=$(date +%s)
-[ -n "$DRIVER" ] || [ -e /var/tmp/started ] || { echo "DRIVER=c.sh or s.sh: which driver to start"; exit 2; }
+[ -n "$DRIVER" ] || [ -e /var/tmp/started ] || { echo "DRIVER=c.sh, mfill.sh or s.sh: which driver to start"; exit 2; }
 if [ ! -e /var/tmp/started ] && [ ! -d .carry/p ]; then
   # a fresh machine (the last one was lost) reached without the carry: starting would only fail on missing shards
   echo "fresh machine and no .carry/p here: call again with carry [\".carry/p\", \".carry/ref\"]"; exit 3
