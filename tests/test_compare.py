@@ -272,6 +272,6 @@ def test_compare_seed_base_gives_each_pair_a_new_seed(tmp_path):
         runs[base] = load_runs(out)
         assert [r.seed for r in runs[base]] == [base, base, base + 1, base + 1]
         log = (out / "runs" / "1" / "output.txt").read_text()
-        assert f"SPEEDRUN_SEED={base}" in log.splitlines()[0]  # what the script was given, not only recorded
+        assert f"SPEEDRUN_SEED={base}" in log.splitlines()[0]  # the run header: the environment the run was started with
     # the fake script's loss depends on its seed: new seeds, new losses
     assert {r.final_val_loss for r in runs[0]}.isdisjoint({r.final_val_loss for r in runs[2]})
