@@ -9,9 +9,9 @@ set -x
 source scripts/device/setup.sh  # TRACK unset: medium
 # the compile cache an earlier session's mfill.sh exported (carried as .carry/cache): the reference's warm-up then
 # compiles only what that session did not reach
-for a in .carry/cache/mcache.tar.xz; do
-  [ -e "$a" ] && python3 -m harness cache import "$a" > $W/cache_import.log 2>&1
-done
+if [ -e .carry/cache/mcache.tar.xz ]; then
+  python3 -m harness cache import .carry/cache/mcache.tar.xz > $W/cache_import.log 2>&1
+fi
 GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 PAIR_GPU=""; SIDE_GPU=""
 if [ "$GPUS" -ge 2 ]; then PAIR_GPU="--env CUDA_VISIBLE_DEVICES=0"; SIDE_GPU="--env CUDA_VISIBLE_DEVICES=1"; fi

@@ -3,11 +3,12 @@
 # first (alone on the GPU), then `speedrun compare` interleaved (A B B A A B), 3 runs per arm, the 120 + 8 step proxy
 # schedule, cold caches (the first run of each arm compiles), then where the lease still allows the rest of the
 # short-track GPU tests and `speedrun profile` of our step 46 (stage s1), warm (the reference's code is unchanged
-# since its profile of 2026-12-01). 1,500 s on 2026-12-03 before the tests were added: three chained calls.
+# since its profile of 2026-12-01). Three chained calls: 1,500 s on 2026-12-03 before the cast tests were added,
+# 1,512 s with them (the compare ended at 1,511 s, so neither of the last two steps ran).
 set -x
 T_START=$(date +%s)
 TRACK=short source scripts/device/setup.sh
-fused_ce_gpu_tests  # 173 s on 2026-12-03, before the cast tests and benchmarks were added
+fused_ce_gpu_tests  # 206 s on 2026-12-03 (173 s before the cast tests and benchmarks were added)
 # The kernel the campaign runs: the track's one-pass default where its GPU tests passed and its compiled benchmark
 # (with the FP8 head's cast consuming the gradient) is no slower than the two-pass kernel's; else the two-pass one;
 # the plain Inductor loss where neither passed or nothing was benchmarked. With the one-pass kernel, the fused head
