@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "it); repeatable")
         if name == "import":
             cp.add_argument("files", nargs="+", metavar="FILE", help="the archive, or every part of a split export")
+            cp.add_argument("--only", action="append", metavar="KEY",
+                            help="import only the archive's folder of this key (or a prefix of it); repeatable")
 
     # Record code: a record log or record folder wherever a script is accepted; extract, prefetch, env --for.
     for cmd in (r, c, pr, sc):
@@ -238,7 +240,7 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.cache_command == "export":
             return cmd_cache_export(out=args.out, part_size=args.part_size, cache_dir=args.cache_dir, lean=args.lean,
                                     only=args.only)
-        return cmd_cache_import(args.files, cache_dir=args.cache_dir)
+        return cmd_cache_import(args.files, cache_dir=args.cache_dir, only=args.only)
     if args.command == "run":
         from harness.commands.run import cmd_run
 

@@ -251,6 +251,19 @@ def _fmt_diff(d: Difference, unit: str, digits: int, claim: str) -> str:
             f"one-sided Welch test that the candidate is {claim}: p={d.p_lower:.4f}, df={d.df:.1f})")
 
 
+def _why_no_telemetry(runs: list[Run]) -> str:
+    """Which arm lacks what telemetry_comparison needs: a finished run, or a clock in its runs' telemetry."""
+    unrecorded = "(CPU runs, no NVML, or --no-telemetry)"
+    finished = {arm: ok_runs(runs, arm) for arm in (BASELINE, CANDIDATE)}
+    bare = [arm for arm, done in finished.items()
+            if done and not any(r.telemetry and r.telemetry.get("sm_clock_mean_mhz") is not None for r in done)]
+    if len(bare) == 2:
+        return f"not recorded for both arms {unrecorded}"
+    reasons = [f"the {arm} has no finished run" for arm, done in finished.items() if not done]
+    reasons += [f"not recorded for the {arm}'s runs {unrecorded}" for arm in bare]
+    return "; ".join(reasons)
+
+
 def comparison_markdown(campaign_dir: str | Path) -> str:
     """The comparison of the two arms of a compare campaign, recomputed from its run.json files."""
     d = Path(campaign_dir)
@@ -291,8 +304,7 @@ def comparison_markdown(campaign_dir: str | Path) -> str:
     tele = telemetry_comparison(runs)
     lines.append("")
     if tele is None:
-        lines.append("Node telemetry: not recorded for both arms (CPU runs, no NVML, or --no-telemetry), so clocks "
-                     "and throttling cannot be compared.")
+        lines.append(f"Node telemetry: {_why_no_telemetry(runs)}, so clocks and throttling cannot be compared.")
     elif tele["differences"]:
         lines.append("Node telemetry: the arms ran under different conditions: " + "; ".join(tele["differences"])
                      + ". Part of the time difference may be the node, not the code (or the code's power draw).")

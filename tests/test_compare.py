@@ -174,6 +174,18 @@ def test_telemetry_different_node_conditions(tmp_path):
     assert "different conditions" in md and "mean SM clock" in md
 
 
+def test_telemetry_line_names_the_arm_that_lacks_it(tmp_path):
+    # One arm traced (real traces from the GPU machine), the other without telemetry: the line says which.
+    tele = {BASELINE: _summaries(tmp_path, ["train_a", "train_b"]), CANDIDATE: [None, None]}
+    md = comparison_markdown(_campaign(tmp_path, [(3.279, 10.0), (3.279, 10.1)], [(3.279, 9.0), (3.279, 9.1)],
+                                       telemetry=tele))
+    assert "Node telemetry: not recorded for the candidate's runs (CPU runs" in md
+    assert "both arms" not in md and "baseline" not in md.split("Node telemetry:")[1]
+    # The medium campaign of 2026-12-03: the record code's run finished with telemetry; ours was interrupted.
+    md = comparison_markdown(REPO_ROOT / "results" / "medium" / "2026-12-03-h200-ref-cold-fill")
+    assert "Node telemetry: the candidate has no finished run, so clocks" in md
+
+
 def test_two_scripts_or_stray_max_runs_are_refused(tmp_path):
     with pytest.raises(HarnessError, match="name a track"):
         build_arms(str(TINY_SLOW), str(TINY_SLOW), None, {})

@@ -578,6 +578,31 @@ def test_export_only_takes_the_folders_of_the_keys_given(root, tmp_path):
     assert "--only " in _one_error_line(run_cli("cache", "export", "--only", "", "--out", missing, env=env))
 
 
+def test_import_only_unpacks_the_archives_folders_of_the_keys_given(root, tmp_path):
+    """`cache import --only KEY` takes one script's folder from an archive of several (the previous record's, so the
+    candidate's compile stays cold); a key the archive lacks is one error line naming what it holds, nothing
+    written."""
+    mine = filled_cache(root)
+    second = cc.CompileCache(root=root, key={**cc.cache_for_arm(probe_arm()).key, "code_sha256": "2" * 64},
+                             about={"script": "record.py"})
+    cc.prepare(second)
+    (second.dir / "inductor").mkdir()
+    (second.dir / "inductor" / "graph").write_bytes(b"record graph")
+    archive = tmp_path / "both.tar.xz"
+    r = run_cli("cache", "export", "--out", archive, env={"SPEEDRUN_CACHE_DIR": str(root)})
+    assert r.returncode == 0 and "exported 2 cache folder(s)" in r.stdout, r.stdout + r.stderr
+    fresh = tmp_path / "fresh"
+    r = run_cli("cache", "import", archive, "--only", second.digest[:8], env={"SPEEDRUN_CACHE_DIR": str(fresh)})
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in fresh.iterdir()) == [second.digest]
+    assert f"imported {second.digest} ('record.py'" in r.stdout and mine.name not in r.stdout
+    other = tmp_path / "other"
+    line = _one_error_line(run_cli("cache", "import", archive, "--only", "ffffffff",
+                                   env={"SPEEDRUN_CACHE_DIR": str(other)}))
+    assert "--only ffffffff" in line and mine.name in line and second.digest in line
+    assert not other.exists() or list(other.iterdir()) == []
+
+
 @pytest.mark.parametrize("text,value", [("15M", 15 * 2**20), ("15MiB", 15 * 2**20), ("500k", 500 * 1024),
                                         ("1G", 2**30), ("65536", 65536)])
 def test_part_sizes(text, value):

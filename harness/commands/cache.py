@@ -67,11 +67,9 @@ def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache
     identity = node_identity()
     found = list_folders(root)
     if only:  # one archive per script: pick folders by key (a prefix of the name `cache list` prints)
-        for key in only:
-            if not key or not any(f.path.name.startswith(key) for f in found):  # "" would match all
-                raise HarnessError(f"--only {key}: no cache folder under {root} has that key "
-                                   f"(`speedrun cache list` names them)")
-        found = [f for f in found if any(f.path.name.startswith(key) for key in only)]
+        picked = set(_pick_keys([f.path.name for f in found], only, f"no cache folder under {root} has that key "
+                                                                     f"(`speedrun cache list` names them)"))
+        found = [f for f in found if f.path.name in picked]
     folders, skipped = [], []
     for f in found:
         bad = f.mismatches(identity)
@@ -104,6 +102,15 @@ def cmd_cache_export(out: str | None = None, part_size: str | None = None, cache
     return 0
 
 
+def _pick_keys(digests: list[str], only: list[str], missing: str) -> list[str]:
+    """The digests that one of the keys in `only` starts; a key that starts none (or "", which would start all)
+    is an error naming it, before anything is written."""
+    for key in only:
+        if not key or not any(d.startswith(key) for d in digests):
+            raise HarnessError(f"--only {key}: {missing}")
+    return [d for d in digests if any(d.startswith(key) for key in only)]
+
+
 def _remove_stale_parts(out_path: Path, n: int) -> None:
     """Parts beyond n left by an earlier, larger export of the same name would make the next import refuse."""
     k = n + 1
@@ -120,7 +127,7 @@ def _remove_stale_parts(out_path: Path, n: int) -> None:
 # Import
 
 
-def cmd_cache_import(files: list[str], cache_dir: str | None = None) -> int:
+def cmd_cache_import(files: list[str], cache_dir: str | None = None, only: list[str] | None = None) -> int:
     root = _root_for_command(cache_dir)
     identity = node_identity()
     archive = archive_bytes([Path(f) for f in files])
@@ -129,6 +136,10 @@ def cmd_cache_import(files: list[str], cache_dir: str | None = None) -> int:
     try:
         staging.mkdir()
         entries = extract_archive(archive, staging, identity)
+        if only:  # e.g. the previous record's folder alone, so that the candidate's own compile stays cold
+            keep = set(_pick_keys(sorted(entries), only, "no folder of the archive has that key "
+                                                         f"(it holds {', '.join(sorted(entries))})"))
+            entries = {d: e for d, e in entries.items() if d in keep}
         for digest, entry in sorted(entries.items()):
             added = _merge_into(staging / digest, root / digest)
             script = Path(str((entry.get("about") or {}).get("script", "?"))).name
