@@ -1,12 +1,13 @@
 #!/bin/bash
 # Issue 16, first of two sessions on the one-GPU kind: fill the compile cache of the record's medium code and bring
-# it home. Its cold warm-up alone (about 1,700 s on a 16-core H200, stop 29) outlasts what a 1,800 s lease leaves a
-# driver, so this session only compiles: the same `speedrun compare` as c.sh's pair (reference first, so it is the
-# only arm that starts), cut at FILL_S seconds, then a lean export of the cache to $W/mcache.tar.xz. Copy that to
-# .carry/cache/ here; the next session's c.sh imports it from there, the reference's warm-up loads the graphs
-# compiled so far from the cache and compiles the rest, and the pair fits.
+# it home. Its cold warm-up (1,319 s on 2026-12-03, one H200, 16 cores) and timed run (1,472 s in all) leave a
+# 1,800 s lease no room for ours, so this session only compiles: the same `speedrun compare` as c.sh's pair
+# (reference first), cut at FILL_S seconds, then a lean export of the cache to $W/mcache.tar.xz (20.7 MiB on
+# 2026-12-03; poll.sh ships it in parts). Copy it to .carry/cache/ here; the next session's c.sh imports the record
+# code's folder from it. On 2026-12-03 it ran with FILL_S=1700 and the last call stopped the compare itself once the
+# record code's run had ended (`pkill -TERM -f "^[p]ython3 -m harness compare"`, at 1,540 s), with 120 s to spare.
 set -x
-FILL_S=${FILL_S:-1420}
+FILL_S=${FILL_S:-1520}  # the record code's run ended at about 1,480 s of its compare on 2026-12-03
 source scripts/device/setup.sh  # TRACK unset: medium
 timeout -s TERM $FILL_S python3 -m harness compare $REF medium --runs 1 --nproc 1 --data-path /var/tmp/d $SCHED \
   --out $W/mfill --quiet > $W/fill.log 2>&1
