@@ -551,15 +551,21 @@ def test_export_skips_folders_of_other_environments_and_list_names_them(root, tm
     assert "no filled compile cache" in _one_error_line(run_cli("cache", "export", env=empty))
 
 
+def second_script_cache(root: Path, code_sha256: str, script: str, graph: bytes) -> cc.CompileCache:
+    """A second filled folder beside filled_cache's: another script's key on this node, one inductor file."""
+    cache = cc.CompileCache(root=root, key={**cc.cache_for_arm(probe_arm()).key, "code_sha256": code_sha256},
+                            about={"script": script})
+    cc.prepare(cache)
+    (cache.dir / "inductor").mkdir()
+    (cache.dir / "inductor" / "graph").write_bytes(graph)
+    return cache
+
+
 def test_export_only_takes_the_folders_of_the_keys_given(root, tmp_path):
     """One archive per script: `--only KEY` (a prefix of the name `cache list` prints) exports that folder alone;
     a key that names no folder is one error line and writes no archive."""
     mine = filled_cache(root)
-    second = cc.CompileCache(root=root, key={**cc.cache_for_arm(probe_arm()).key, "code_sha256": "1" * 64},
-                             about={"script": "other.py"})
-    cc.prepare(second)
-    (second.dir / "inductor").mkdir()
-    (second.dir / "inductor" / "graph").write_bytes(b"other graph")
+    second = second_script_cache(root, "1" * 64, "other.py", b"other graph")
     env = {"SPEEDRUN_CACHE_DIR": str(root)}
     archive = tmp_path / "one.tar.xz"
     r = run_cli("cache", "export", "--only", second.digest[:8], "--out", archive, env=env)
@@ -583,11 +589,7 @@ def test_import_only_unpacks_the_archives_folders_of_the_keys_given(root, tmp_pa
     candidate's compile stays cold); a key the archive lacks is one error line naming what it holds, nothing
     written."""
     mine = filled_cache(root)
-    second = cc.CompileCache(root=root, key={**cc.cache_for_arm(probe_arm()).key, "code_sha256": "2" * 64},
-                             about={"script": "record.py"})
-    cc.prepare(second)
-    (second.dir / "inductor").mkdir()
-    (second.dir / "inductor" / "graph").write_bytes(b"record graph")
+    second = second_script_cache(root, "2" * 64, "record.py", b"record graph")
     archive = tmp_path / "both.tar.xz"
     r = run_cli("cache", "export", "--out", archive, env={"SPEEDRUN_CACHE_DIR": str(root)})
     assert r.returncode == 0 and "exported 2 cache folder(s)" in r.stdout, r.stdout + r.stderr
