@@ -12,7 +12,7 @@ elapsed() { echo $(( $(date +%s) - T_START )); }
 source scripts/device/setup.sh  # TRACK unset: medium
 # The key of the record code's folder as `cache list` printed it on 2026-12-03 (its script and kernels.py, nproc 1,
 # one H200, driver 580.159.04, torch 2.11.0+cu130, Triton 3.6.0); the archive also holds ours' partial cold folder.
-# An archive of another GPU, driver or software is refused here with one line and the pair starts cold.
+# An archive of another GPU, driver or software is refused here with one line.
 REF_KEY=3f615c2551e45c23
 # Without it (none carried, or refused) the record code's cold run alone would fill the lease (1,472 s), and the pair
 # could not finish: this session then fills and exports the cache for this node's environment instead (mfill.sh).
