@@ -4,8 +4,9 @@
 # an earlier session's mfill.sh exported (.carry/cache/mcache.tar.xz) is imported, its folder alone (--only): so the
 # record code's warm-up (1,319 s cold on 2026-12-03, one H200, 16 cores) loads its graphs, and ours compiles cold.
 # (On 2026-12-03 the record code's run finished inside mfill.sh's fill, at 1,472 s: the archive holds its whole
-# warm-up.) Then, while the lease allows, the short track's GPU tests (never run whole at the fused-head default)
-# and the medium track's. The driver may run about 1,650 s of an 1,800 s lease (the machine's start takes the rest).
+# warm-up.) Then, while the lease allows, the short track's GPU tests (never run whole at the fused-head default),
+# a profile of both arms in s0 and the medium track's GPU tests. The driver may run about 1,650 s of an 1,800 s
+# lease (the machine's start takes the rest).
 set -x
 T_START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T_START )); }
@@ -35,6 +36,13 @@ if [ $(elapsed) -lt 1350 ]; then
   timeout $(( 1560 - $(elapsed) )) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_short_gpu.py \
     > $W/shortgpu.log 2>&1
   echo "short gpu tests rc $? at $(date)" >> $W/shortgpu.log
+fi
+# where ours is slower (s0 on 2026-12-03, across two machines): both arms profiled over steps 2 and 3 (one without
+# and one with Adam), warm (a run of each about 400 s and 190 s), each arm's kernels side by side in profile.md
+if [ $(elapsed) -lt 1050 ]; then
+  timeout $(( 1640 - $(elapsed) )) python3 -m harness profile $REF medium --step 1 --steps 2 --nproc 1 \
+    --data-path /var/tmp/d $SCHED --out $W/mprof --quiet > $W/profile.log 2>&1
+  echo "profile rc $? at $(date)" >> $W/profile.log
 fi
 if [ $(elapsed) -lt 1400 ]; then
   timeout $(( 1600 - $(elapsed) )) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_medium_gpu.py \
