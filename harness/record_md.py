@@ -14,8 +14,8 @@ from harness.fsio import write_text_atomic
 from harness.plots import make_campaign_plots
 from harness.record_block import render_block
 from harness.record_pins import LABELS
-from harness.results import (BASELINE, Campaign, Run, arm_series, claim_arm, failed_runs, kind_of, load_campaign,
-                             load_runs, ok_runs)
+from harness.results import (BASELINE, CANDIDATE, Campaign, Run, arm_series, claim_arm, failed_runs, kind_of,
+                             load_campaign, load_runs, ok_runs)
 from harness.scaling import scaling_markdown
 from harness.sequential import sequential_markdown
 from harness.telemetry import telemetry_markdown
@@ -76,9 +76,11 @@ def timing_lines(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> lis
 def _claim_block(campaign_dir: Path, campaign: Campaign, runs: list[Run]) -> list[str]:
     """The claim arm's record block, and under it the sequential line after --until-significant."""
     target, alpha = float(campaign.track["target"]), float(campaign.track["alpha"])
-    losses, times = arm_series(runs, claim_arm(campaign))
-    if not losses:
-        return ["No run finished successfully: there is no block to report.\n"]
+    arm = claim_arm(campaign)
+    losses, times = arm_series(runs, arm)
+    if not losses:  # in a comparison the baseline's block below may still have runs
+        whose = "candidate run" if arm == CANDIDATE else "run"
+        return [f"No {whose} finished successfully: there is no block to report.\n"]
     lines = [_fence(render_block(losses, times, target))]
     if campaign.until_significant:  # the loss claim's anytime-valid line (a comparison adds its time line)
         lines.append(_sequential_line(losses, target, alpha))

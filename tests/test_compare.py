@@ -19,6 +19,8 @@ from harness.tracks import REPO_ROOT
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_SLOW = FIXTURES / "tiny_slow" / "train_gpt.py"
 TINY_SCRIPT = REPO_ROOT / "tracks" / "tiny" / "train_gpt.py"
+# a compare whose candidate was interrupted: only the baseline (the record's medium code) finished
+MEDIUM_REF_ONLY = REPO_ROOT / "results" / "medium" / "2026-12-03-h200-ref-cold-fill"
 
 # Seed 001: the candidate's block and the previous record re-timed on the same machine.
 CAND_LOSSES = [3.2767, 3.2777, 3.2795, 3.2774, 3.2799, 3.2779, 3.2777]
@@ -182,8 +184,16 @@ def test_telemetry_line_names_the_arm_that_lacks_it(tmp_path):
     assert "Node telemetry: not recorded for the candidate's runs (CPU runs" in md
     assert "both arms" not in md and "baseline" not in md.split("Node telemetry:")[1]
     # The medium campaign of 2026-12-03: the record code's run finished with telemetry; ours was interrupted.
-    md = comparison_markdown(REPO_ROOT / "results" / "medium" / "2026-12-03-h200-ref-cold-fill")
+    md = comparison_markdown(MEDIUM_REF_ONLY)
     assert "Node telemetry: the candidate has no finished run, so clocks" in md
+
+
+def test_a_compare_whose_candidate_never_finished_says_so_and_keeps_the_baselines_block():
+    from harness.record_md import record_markdown
+
+    md = record_markdown(MEDIUM_REF_ONLY)
+    assert "No candidate run finished successfully: there is no block to report." in md
+    assert "losses = [5.3655]" in md and "times = [99.285]" in md  # the record code's run, as its block
 
 
 def test_two_scripts_or_stray_max_runs_are_refused(tmp_path):
