@@ -147,14 +147,21 @@ def _differs(a: list[float], b: list[float], practical: float) -> bool:
     return True
 
 
-def telemetry_comparison(runs: list[Run]) -> dict | None:
-    """Per-arm SM clock and throttling from the runs' telemetry summaries; None unless both arms have some."""
+def arm_telemetry(runs: list[Run]) -> dict[str, dict]:
+    """Per arm: its finished runs, how many of them have telemetry, their mean SM clocks and throttle fractions."""
     arms = {}
     for arm in (BASELINE, CANDIDATE):
-        sums = [r.telemetry for r in ok_runs(runs, arm) if r.telemetry]
+        done = ok_runs(runs, arm)
+        sums = [r.telemetry for r in done if r.telemetry]
         clocks = [float(s["sm_clock_mean_mhz"]) for s in sums if s.get("sm_clock_mean_mhz") is not None]
         fracs = [f for f in (_throttle_fraction(s) for s in sums) if f is not None]
-        arms[arm] = {"runs": len(sums), "sm_clock": clocks, "throttle_fraction": fracs}
+        arms[arm] = {"finished": len(done), "runs": len(sums), "sm_clock": clocks, "throttle_fraction": fracs}
+    return arms
+
+
+def telemetry_comparison(runs: list[Run]) -> dict | None:
+    """Per-arm SM clock and throttling from the runs' telemetry summaries; None unless both arms have some."""
+    arms = arm_telemetry(runs)
     if not arms[BASELINE]["sm_clock"] or not arms[CANDIDATE]["sm_clock"]:
         return None
     out = {"arms": arms, "differences": []}
@@ -254,12 +261,11 @@ def _fmt_diff(d: Difference, unit: str, digits: int, claim: str) -> str:
 def _why_no_telemetry(runs: list[Run]) -> str:
     """Which arm lacks what telemetry_comparison needs: a finished run, or a clock in its runs' telemetry."""
     unrecorded = "(CPU runs, no NVML, or --no-telemetry)"
-    finished = {arm: ok_runs(runs, arm) for arm in (BASELINE, CANDIDATE)}
-    bare = [arm for arm, done in finished.items()
-            if done and not any(r.telemetry and r.telemetry.get("sm_clock_mean_mhz") is not None for r in done)]
+    arms = arm_telemetry(runs)
+    bare = [arm for arm, a in arms.items() if a["finished"] and not a["sm_clock"]]
     if len(bare) == 2:
         return f"not recorded for both arms {unrecorded}"
-    reasons = [f"the {arm} has no finished run" for arm, done in finished.items() if not done]
+    reasons = [f"the {arm} has no finished run" for arm, a in arms.items() if not a["finished"]]
     reasons += [f"not recorded for the {arm}'s runs {unrecorded}" for arm in bare]
     return "; ".join(reasons)
 

@@ -8,8 +8,6 @@
 # a profile of both arms in s0 and the medium track's GPU tests. The driver may run about 1,650 s of an 1,800 s
 # lease (the machine's start takes the rest).
 set -x
-T_START=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T_START )); }
 source scripts/device/setup.sh  # TRACK unset: medium
 # The key of the record code's folder as `cache list` printed it on 2026-12-03 (its script and kernels.py, nproc 1,
 # one H200, driver 580.159.04, torch 2.11.0+cu130, Triton 3.6.0); the archive also holds ours' partial cold folder.

@@ -6,7 +6,6 @@
 # since its profile of 2026-12-01). Three chained calls: 1,500 s on 2026-12-03 before the cast tests were added,
 # 1,512 s with them (the compare ended at 1,511 s, so neither of the last two steps ran).
 set -x
-T_START=$(date +%s)
 TRACK=short source scripts/device/setup.sh
 fused_ce_gpu_tests  # 206 s on 2026-12-03 (173 s before the cast tests and benchmarks were added)
 # The kernel the campaign runs: the track's one-pass default where its GPU tests passed and its compiled benchmark
@@ -49,7 +48,6 @@ python3 -m harness compare $REF short --runs 3 --nproc 1 --data-path /var/tmp/d 
 echo "compare rc $? at $(date)" >> $W/compare.log
 # What is left of the lease (the driver may run about 1,650 s of an 1,800 s budget: the machine's start takes the
 # rest): the other short-track GPU tests, then the profile of step 46, each only where it still fits.
-elapsed() { echo $(( $(date +%s) - T_START )); }
 if [ $(elapsed) -lt 1350 ]; then
   timeout $(( 1500 - $(elapsed) )) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_short_gpu.py \
     --deselect "tests/gpu/test_short_gpu.py::test_compiled_model_with_fused_ce_matches_the_plain_loss" \

@@ -1,6 +1,9 @@
 # Sourced by the drivers (TRACK=medium or short, medium by default): the proxy data where the reference scripts expect
 # it, the harness on the path, the track's proxy schedule and its reference script.
 W=/var/tmp/w; D=/var/tmp/d/data/fineweb10B
+# the driver's clock, for its steps that run only where the lease still allows them
+T_START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - T_START )); }
 mkdir -p $D
 # .carry/p holds the proxy shards as they are (*.bin) or xz-compressed (*.bin.xz: 27 MB in place of 49 MB, so that a
 # 22 MB compile-cache archive fits the 64 MiB a call carries beside the checkout)
