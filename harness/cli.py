@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rewrite record.md and plots of a campaign and print its summary")
     rep.add_argument("campaign")
 
+    po = sub.add_parser("pool", help="compare campaigns of the same two codes read as one: more runs across sessions")
+    po.add_argument("campaigns", nargs="+", metavar="CAMPAIGN")
+    po.add_argument("--out", metavar="FILE", help="also write the report (markdown) to FILE")
+    po.add_argument("--allow-differences", action="store_true",
+                    help="pool campaigns whose code, environment or software differ (the report lists how)")
+
     e = sub.add_parser("env", help="this node's environment fingerprint; --check TRACK compares it with the pins")
     e.add_argument("--check", metavar="TRACK")
     e.add_argument("--json", action="store_true")
@@ -261,6 +267,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from harness.commands.report import cmd_report
 
         return cmd_report(args.campaign)
+    if args.command == "pool":
+        from harness.commands.pool import cmd_pool
+
+        return cmd_pool(args.campaigns, out=args.out, allow_differences=args.allow_differences)
     if args.command == "env":
         from harness.commands.env import cmd_env, cmd_env_for
 

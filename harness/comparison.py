@@ -186,7 +186,7 @@ def telemetry_comparison(runs: list[Run]) -> dict | None:
 CURVE_CONFIDENCE = 0.95
 
 
-def _mean_sd(values: list[float], digits: int) -> str:
+def mean_sd_text(values: list[float], digits: int) -> str:
     if not values:
         return "-"
     if len(values) == 1:
@@ -218,16 +218,21 @@ def val_curve_table(runs: list[Run]) -> list[str]:
             diff = f"{statistics.fmean(b) - statistics.fmean(a) + 0.0:+.4f}"
         else:
             diff = "-"
-        lines.append(f"| {step} | {_mean_sd(a, 4)} | {_mean_sd(b, 4)} | {diff} |")
+        lines.append(f"| {step} | {mean_sd_text(a, 4)} | {mean_sd_text(b, 4)} | {diff} |")
     return lines
 
 
 def stage_time_table(campaign_dir: str | Path, runs: list[Run]) -> list[str]:
     """Markdown lines: ms per step of each arm over the same steps of every stage (harness.step_times), the stages
     as the candidate's log names them (else the baseline's); [] when no ok run's log names stages."""
-    d = Path(campaign_dir)
-    ok = {arm: ok_runs(runs, arm) for arm in (BASELINE, CANDIDATE)}
-    texts = {arm: [t for t in (read_run_log(d, r) for r in ok[arm]) if t is not None] for arm in ok}
+    return pooled_stage_time_table([(Path(campaign_dir), runs)])
+
+
+def pooled_stage_time_table(sources: list[tuple[Path, list[Run]]]) -> list[str]:
+    """stage_time_table over the ok runs of several campaigns (campaign folder, its runs), the stages named by the
+    first log that names them, candidate logs first."""
+    ok = {arm: [(d, r) for d, runs in sources for r in ok_runs(runs, arm)] for arm in (BASELINE, CANDIDATE)}
+    texts = {arm: [t for t in (read_run_log(d, r) for d, r in ok[arm]) if t is not None] for arm in ok}
     windows, source = next(((w, arm) for arm in (CANDIDATE, BASELINE) for text in texts[arm]
                             if (w := stage_windows(text))), ([], ""))
     if not windows:
@@ -241,7 +246,7 @@ def stage_time_table(campaign_dir: str | Path, runs: list[Run]) -> list[str]:
         ms = {arm: [v for v in (window_step_ms(st, w) for st in steps[arm]) if v is not None] for arm in steps}
         a, b = ms[BASELINE], ms[CANDIDATE]
         ratio = f"{statistics.fmean(b) / statistics.fmean(a):.3f}" if a and b and statistics.fmean(a) > 0 else "-"
-        lines.append(f"| {w.name} | {w.label} | {_mean_sd(a, 1)} | {_mean_sd(b, 1)} | {ratio} |")
+        lines.append(f"| {w.name} | {w.label} | {mean_sd_text(a, 1)} | {mean_sd_text(b, 1)} | {ratio} |")
     missing = [arm for arm in ok if len(texts[arm]) < len(ok[arm])]
     if missing:
         lines += ["", "Not every ok run's log is in the campaign folder (" + ", ".join(missing)
