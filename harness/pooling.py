@@ -21,12 +21,18 @@ from pathlib import Path
 
 from harness.comparison import mean_sd_text, pooled_stage_time_table, val_curve_table
 from harness.errors import HarnessError
+from harness.markdown import md_cell, md_text
 from harness.results import BASELINE, CANDIDATE, Campaign, Run, arm_values, load_campaign, load_runs, ok_runs, pair_differences
 from harness.rules import CONFIDENCE
 
 ARMS = (BASELINE, CANDIDATE)
 NODE_LOCAL_ENV = ("DATA_PATH",)  # where the data lies on that node: not part of the experiment
 SOFTWARE = ("torch", "triton", "python")
+
+
+def _obj(value) -> dict:
+    """A JSON object as it is, anything else (a hand-edited or hostile campaign.json) as an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass
@@ -44,6 +50,9 @@ def load_member(folder: str | Path) -> Member:
     campaign = load_campaign(d)
     if not set(ARMS) <= set(campaign.arms or {}):
         raise HarnessError(f"{d}: not a compare campaign (it needs arms 'baseline' and 'candidate')")
+    bad = [arm for arm in ARMS if not isinstance(campaign.arms[arm], dict)]
+    if bad:
+        raise HarnessError(f"{d}: campaign.json's arm {bad[0]!r} is not an object")
     if campaign.profile:
         raise HarnessError(f"{d}: a profile campaign (its runs ran under the profiler: no timing result to pool)")
     return Member(d, campaign, load_runs(d))
@@ -52,9 +61,9 @@ def load_member(folder: str | Path) -> Member:
 def arm_identity(campaign: Campaign, arm: str) -> dict[str, str]:
     """What must agree for an arm's runs of two campaigns to be runs of one experiment, as short strings."""
     spec = campaign.arms[arm]
-    key = ((campaign.compile_cache or {}).get(arm) or {}).get("key") or {}
+    key = _obj(_obj(_obj(campaign.compile_cache).get(arm)).get("key"))
     code = key.get("code_sha256") or spec.get("script_sha256") or "?"
-    env = {k: v for k, v in sorted((spec.get("env") or {}).items()) if k not in NODE_LOCAL_ENV}
+    env = {k: v for k, v in sorted(_obj(spec.get("env")).items()) if k not in NODE_LOCAL_ENV}
     identity = {"code": str(code)[:12], "nproc": str(spec.get("nproc"))}
     identity.update({f"env {k}": str(v) for k, v in env.items()})
     return identity
@@ -62,10 +71,11 @@ def arm_identity(campaign: Campaign, arm: str) -> dict[str, str]:
 
 def environment_identity(campaign: Campaign) -> tuple[dict[str, str], list[str]]:
     """The GPU model, driver and software that must agree, and the GPUs' UUIDs (which node: free to differ)."""
-    fp = (campaign.environment or {}).get("fingerprint") or {}
-    nvidia, software = fp.get("nvidia") or {}, fp.get("software") or {}
+    fp = _obj(_obj(campaign.environment).get("fingerprint"))
+    nvidia, software = _obj(fp.get("nvidia")), _obj(fp.get("software"))
     out = {"gpu": str(nvidia.get("model")), "driver": str(nvidia.get("driver"))}
-    uuids = [str(g.get("uuid", "?")) for g in nvidia.get("gpus") or []]
+    gpus = nvidia.get("gpus") if isinstance(nvidia.get("gpus"), list) else []
+    uuids = [str(_obj(g).get("uuid", "?")) for g in gpus]
     out.update({name: str(software.get(name)) for name in SOFTWARE})
     return out, uuids
 
@@ -81,7 +91,8 @@ def differences(members: list[Member]) -> list[str]:
             values = [v.get(field, "(unset)") for v in per_member]
             if len(set(values)) > 1:
                 name = prefix + field
-                lines.append(f"{name}: " + ", ".join(f"{v} ({m.folder.name})" for v, m in zip(values, members)))
+                lines.append(f"{md_text(name)}: " + ", ".join(f"{md_text(v)} ({md_text(m.folder.name)})"
+                                                           for v, m in zip(values, members)))
     return lines
 
 
@@ -127,9 +138,10 @@ def _campaign_row(m: Member) -> str:
     pairs = pair_differences(m.runs)
     env, uuids = environment_identity(m.campaign)
     gpu = env["gpu"] + (f" ({', '.join(u.removeprefix('GPU-')[:8] for u in uuids)})" if uuids else "")
+    gpu, name = md_cell(gpu), md_cell(m.folder.name)
     seeds = sorted({r.seed for r in m.runs if r.seed is not None})
     seed_text = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else (str(seeds[0]) if seeds else "-")
-    return (f"| {m.folder.name} | {gpu} | {seed_text} | {mean_sd_text(base, 3)} | {mean_sd_text(cand, 3)} | {ratio} | "
+    return (f"| {name} | {gpu} | {seed_text} | {mean_sd_text(base, 3)} | {mean_sd_text(cand, 3)} | {ratio} | "
             + (", ".join(f"{x:+.3f}" for x in pairs) or "-") + " |")
 
 
@@ -142,7 +154,7 @@ def pooled_markdown(folders: list[str | Path], allow_differences: bool = False) 
     names = [m.folder.resolve() for m in members]
     if len(set(names)) < len(names):
         raise HarnessError("the same campaign is named twice: its runs would count twice")
-    tracks = {str((m.campaign.track or {}).get("name")) for m in members}
+    tracks = {str(_obj(m.campaign.track).get("name")) for m in members}
     if len(tracks) > 1:
         raise HarnessError("campaigns of different tracks: " + ", ".join(sorted(tracks)))
     diff = differences(members)

@@ -11,6 +11,7 @@ from harness.compile_cache import describe_config
 from harness.extract import RECORD_KINDS, describe_code
 from harness.fingerprint import env_markdown
 from harness.fsio import write_text_atomic
+from harness.markdown import md_text
 from harness.plots import make_campaign_plots
 from harness.record_block import render_block
 from harness.record_pins import LABELS
@@ -221,26 +222,21 @@ def arms_markdown(campaign: Campaign) -> str:
     lines = ["## Code of each arm", ""]
     for name, arm in (campaign.arms or {}).items():
         code = arm.get("code") or {}
-        lines.append(f"- **{name}**: {_md(describe_code(code))}; script sha256 `{arm.get('script_sha256')}`")
+        lines.append(f"- **{name}**: {md_text(describe_code(code))}; script sha256 `{arm.get('script_sha256')}`")
         if code.get("kind") in RECORD_KINDS:
-            lines.append(f"  - log `{_md(code.get('log'))}` (sha256 `{code.get('log_sha256')}`), embedded source "
-                         f"sha256 `{code.get('source_sha256')}`" + (f"; {_md(code['note'])}" if code.get("note") else ""))
+            lines.append(f"  - log `{md_text(code.get('log'))}` (sha256 `{code.get('log_sha256')}`), embedded source "
+                         f"sha256 `{code.get('source_sha256')}`" + (f"; {md_text(code['note'])}" if code.get("note") else ""))
             for fname, digest in (code.get("files") or {}).items():
-                lines.append(f"  - from the log: `{_md(fname)}` sha256 `{digest}`")
+                lines.append(f"  - from the log: `{md_text(fname)}` sha256 `{digest}`")
             for fname, extra in (code.get("extra_files") or {}).items():
-                lines.append(f"  - **not from the log**: `{_md(fname)}` sha256 `{extra.get('sha256')}`, "
-                             f"placed from `{_md(extra.get('from'))}`")
+                lines.append(f"  - **not from the log**: `{md_text(fname)}` sha256 `{extra.get('sha256')}`, "
+                             f"placed from `{md_text(extra.get('from'))}`")
         pins = arm.get("pins") or {}
         if pins:
-            lines.append("  - environment pins (its log): " + ", ".join(f"{LABELS.get(k, k)} {_md(v)}"
+            lines.append("  - environment pins (its log): " + ", ".join(f"{LABELS.get(k, k)} {md_text(v)}"
                                                                           for k, v in pins.items()))
             diffs = arm.get("pin_differences") or []
             lines.append("  - this node: " + ("matches them" if not diffs else "differs in " + "; ".join(map(_md, diffs))))
         for d in arm.get("downloads") or []:
-            lines.append(f"  - download: {_md(d.get('line', ''))}")
+            lines.append(f"  - download: {md_text(d.get('line', ''))}")
     return "\n".join(lines) + "\n"
-
-
-def _md(text) -> str:
-    """A string from a log or a path, safe inside markdown table-free text (no HTML, no backtick breaks)."""
-    return str(text).replace("`", "'").replace("<", "&lt;").replace(">", "&gt;")

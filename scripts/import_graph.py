@@ -36,8 +36,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
         "harness.scaling", "harness.plan", "harness.sequential", "harness.record_block", "harness.logs", "harness.verify",
         "harness.record_pins", "harness.fingerprint", "harness.tracks", "harness.rules",
         "harness.profiles", "harness.pooling", "harness.telemetry.*")),  # the telemetry package's readers and summaries (its sampler is the engine's)
-    ("base: errors and atomic files; the profiler hook, which runs inside a training process and imports no "
-     "harness module", ("harness.errors", "harness.fsio", "harness", "harness.profile_hook",
+    ("base: errors, atomic files and inert markdown text; the profiler hook, which runs inside a training process and imports no "
+     "harness module", ("harness.errors", "harness.fsio", "harness.markdown", "harness", "harness.profile_hook",
                         "harness.profile_hook.sitecustomize")),
 ]
 

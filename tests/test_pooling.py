@@ -113,3 +113,23 @@ def test_mean_interval_is_the_one_sample_t_test():
                                        scale=scipy.stats.sem(pairs))
     assert (mi.low, mi.high) == pytest.approx((low, high))
     assert mean_interval(pairs[:1]) is None
+
+
+def test_a_hostile_campaign_is_inert_in_the_report_or_refused_in_one_line(tmp_path):
+    evil = tmp_path / "<img src=x onerror=alert(1)>|x"
+    shutil.copytree(SEEDS_3_5, evil)
+    camp = json.loads((evil / "campaign.json").read_text())
+    camp["arms"]["candidate"]["env"]["SPEEDRUN_X"] = "`</td><script>alert(1)</script>|"
+    camp["environment"] = ["not", "an", "object"]
+    (evil / "campaign.json").write_text(json.dumps(camp))
+    text = pooled_markdown([SEEDS_3_5, evil], allow_differences=True)
+    assert "<script>" not in text and "<img" not in text and "`</td>" not in text
+    row = next(line for line in text.splitlines() if "onerror" in line and line.startswith("| "))
+    assert row.count(" | ") == 6  # the folder's bar is escaped: the row keeps its 7 columns
+    assert "- candidate env SPEEDRUN_X: (unset) (2026-12-03-h200-fused-head-seeds3-5), '&lt;/td&gt;&lt;script&gt;" in text
+    assert "- gpu: NVIDIA H200 (2026-12-03-h200-fused-head-seeds3-5), None (" in text  # no fingerprint to read
+    camp["arms"]["baseline"] = "not an object"
+    (evil / "campaign.json").write_text(json.dumps(camp))
+    r = run_cli("pool", str(SEEDS_3_5), str(evil), "--allow-differences")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [f"error: {evil}: campaign.json's arm 'baseline' is not an object"]
