@@ -22,7 +22,8 @@ from pathlib import Path
 from harness.comparison import mean_sd_text, pooled_stage_time_table, val_curve_table
 from harness.errors import HarnessError
 from harness.markdown import md_cell, md_text
-from harness.results import BASELINE, CANDIDATE, Campaign, Run, arm_values, load_campaign, load_runs, ok_runs, pair_differences
+from harness.results import (BASELINE, CANDIDATE, Campaign, Run, arm_values, load_campaign, load_runs, ok_runs,
+                             pair_differences)
 from harness.rules import CONFIDENCE
 
 ARMS = (BASELINE, CANDIDATE)
@@ -100,7 +101,7 @@ def repeated_seeds(members: list[Member]) -> dict[str, list[int]]:
     """Per arm, the seeds that more than one ok run of the pool ran with."""
     out = {}
     for arm in ARMS:
-        seeds = [r.seed for m in members for r in ok_runs(m.runs, arm) if r.seed is not None]
+        seeds = [r.seed for m in members for r in ok_runs(m.runs, arm) if isinstance(r.seed, int)]
         out[arm] = sorted({s for s in seeds if seeds.count(s) > 1})
     return out
 
@@ -139,7 +140,7 @@ def _campaign_row(m: Member) -> str:
     env, uuids = environment_identity(m.campaign)
     gpu = env["gpu"] + (f" ({', '.join(u.removeprefix('GPU-')[:8] for u in uuids)})" if uuids else "")
     gpu, name = md_cell(gpu), md_cell(m.folder.name)
-    seeds = sorted({r.seed for r in m.runs if r.seed is not None})
+    seeds = sorted({r.seed for r in m.runs if isinstance(r.seed, int)})
     seed_text = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else (str(seeds[0]) if seeds else "-")
     return (f"| {name} | {gpu} | {seed_text} | {mean_sd_text(base, 3)} | {mean_sd_text(cand, 3)} | {ratio} | "
             + (", ".join(f"{x:+.3f}" for x in pairs) or "-") + " |")
