@@ -162,11 +162,11 @@ def pooled_markdown(folders: list[str | Path], allow_differences: bool = False) 
     if diff and not allow_differences:
         raise HarnessError("the campaigns are not runs of one experiment (--allow-differences pools them anyway): "
                            + "; ".join(diff))
-    lines = [f"# Pool of {len(members)} compare campaigns ({tracks.pop()})", "",
+    lines = [f"# Pool of {len(members)} compare campaigns ({md_text(tracks.pop())})", "",
              "Times compare only within a campaign (each pair ran on one node); losses and stage times pool over "
              "every ok run.", "",
-             "| campaign | GPU (its UUID: the node) | seeds | baseline train time (s) | candidate train time (s) | candidate / baseline "
-             "| per-pair differences (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| campaign | GPU (its UUID: the node) | seeds | baseline train time (s) | candidate train time (s) "
+             "| candidate / baseline | per-pair differences (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [_campaign_row(m) for m in members]
     if diff:
         lines += ["", "**Not one experiment**: these differ between the campaigns (pooled anyway, "
@@ -174,8 +174,9 @@ def pooled_markdown(folders: list[str | Path], allow_differences: bool = False) 
     repeats = repeated_seeds(members)
     for arm in ARMS:
         if repeats[arm]:
-            lines += ["", f"The {arm}'s seeds {', '.join(map(str, repeats[arm]))} ran more than once: where the script "
-                      "reads SPEEDRUN_SEED, those runs are not independent draws and the intervals below are too narrow."]
+            lines += ["", f"The {arm}'s seeds {', '.join(map(str, repeats[arm]))} ran more than once: where the "
+                      "script reads SPEEDRUN_SEED, those runs are not independent draws and the intervals below are "
+                      "too narrow."]
     pairs = [x for m in members for x in pair_differences(m.runs)]
     lines.append("")
     interval = mean_interval(pairs)

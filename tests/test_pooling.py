@@ -126,7 +126,8 @@ def test_a_hostile_campaign_is_inert_in_the_report_or_refused_in_one_line(tmp_pa
     assert "<script>" not in text and "<img" not in text and "`</td>" not in text
     row = next(line for line in text.splitlines() if "onerror" in line and line.startswith("| "))
     assert row.count(" | ") == 6  # the folder's bar is escaped: the row keeps its 7 columns
-    assert "- candidate env SPEEDRUN_X: (unset) (2026-12-03-h200-fused-head-seeds3-5), '&lt;/td&gt;&lt;script&gt;" in text
+    assert ("- candidate env SPEEDRUN_X: (unset) (2026-12-03-h200-fused-head-seeds3-5), '&lt;/td&gt;&lt;script&gt;"
+            in text)
     assert "- gpu: NVIDIA H200 (2026-12-03-h200-fused-head-seeds3-5), None (" in text  # no fingerprint to read
     camp["arms"]["baseline"] = "not an object"
     (evil / "campaign.json").write_text(json.dumps(camp))
