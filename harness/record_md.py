@@ -236,7 +236,7 @@ def arms_markdown(campaign: Campaign) -> str:
             lines.append("  - environment pins (its log): " + ", ".join(f"{LABELS.get(k, k)} {md_text(v)}"
                                                                           for k, v in pins.items()))
             diffs = arm.get("pin_differences") or []
-            lines.append("  - this node: " + ("matches them" if not diffs else "differs in " + "; ".join(map(_md, diffs))))
+            lines.append("  - this node: " + ("matches them" if not diffs else "differs in " + "; ".join(map(md_text, diffs))))
         for d in arm.get("downloads") or []:
             lines.append(f"  - download: {md_text(d.get('line', ''))}")
     return "\n".join(lines) + "\n"
