@@ -21,14 +21,15 @@ from pathlib import Path
 
 from harness.comparison import mean_sd_text, pooled_stage_time_table, val_curve_table
 from harness.errors import HarnessError
+from harness.fingerprint import PIN_KEYS
 from harness.markdown import md_cell, md_text
+from harness.record_block import p_value
 from harness.results import (BASELINE, CANDIDATE, Campaign, Run, arm_values, load_campaign, load_runs, ok_runs,
                              pair_differences)
 from harness.rules import CONFIDENCE
 
 ARMS = (BASELINE, CANDIDATE)
 NODE_LOCAL_ENV = ("DATA_PATH",)  # where the data lies on that node: not part of the experiment
-SOFTWARE = ("torch", "triton", "python")
 
 
 def _obj(value) -> dict:
@@ -70,30 +71,37 @@ def arm_identity(campaign: Campaign, arm: str) -> dict[str, str]:
     return identity
 
 
-def environment_identity(campaign: Campaign) -> tuple[dict[str, str], list[str]]:
-    """The GPU model, driver and software that must agree, and the GPUs' UUIDs (which node: free to differ)."""
+def environment_identity(campaign: Campaign) -> dict[str, str]:
+    """The node facts a track can pin (fingerprint.PIN_KEYS: GPU model, driver, CUDA, torch, Triton, NCCL, Python),
+    but for the node's GPU count: an arm's nproc is what the experiment fixes."""
     fp = _obj(_obj(campaign.environment).get("fingerprint"))
-    nvidia, software = _obj(fp.get("nvidia")), _obj(fp.get("software"))
-    out = {"gpu": str(nvidia.get("model")), "driver": str(nvidia.get("driver"))}
+    fp = {"nvidia": _obj(fp.get("nvidia")), "software": _obj(fp.get("software"))}
+    return {key: str(read(fp)) for key, read in PIN_KEYS.items() if key != "gpu_count"}
+
+
+def gpu_uuids(campaign: Campaign) -> list[str]:
+    """The UUIDs of the node's GPUs: which node a campaign ran on (free to differ within a pool)."""
+    nvidia = _obj(_obj(_obj(campaign.environment).get("fingerprint")).get("nvidia"))
     gpus = nvidia.get("gpus") if isinstance(nvidia.get("gpus"), list) else []
-    uuids = [str(_obj(g).get("uuid", "?")) for g in gpus]
-    out.update({name: str(software.get(name)) for name in SOFTWARE})
-    return out, uuids
+    return [str(_obj(g).get("uuid", "?")) for g in gpus]
+
+
+def experiment_identity(campaign: Campaign) -> dict[str, str]:
+    """Every field that must agree between the campaigns of a pool: each arm's, then the node's."""
+    out = {f"{arm} {k}": v for arm in ARMS for k, v in arm_identity(campaign, arm).items()}
+    out.update(environment_identity(campaign))
+    return out
 
 
 def differences(members: list[Member]) -> list[str]:
     """One line per field that is not the same in every campaign: the field and each campaign's value."""
+    ids = [experiment_identity(m.campaign) for m in members]
     lines = []
-    views = [(f"{arm} ", lambda m, arm=arm: arm_identity(m.campaign, arm)) for arm in ARMS]
-    views.append(("", lambda m: environment_identity(m.campaign)[0]))
-    for prefix, view in views:
-        per_member = [view(m) for m in members]
-        for field in sorted(set().union(*per_member)):
-            values = [v.get(field, "(unset)") for v in per_member]
-            if len(set(values)) > 1:
-                name = prefix + field
-                lines.append(f"{md_text(name)}: " + ", ".join(f"{md_text(v)} ({md_text(m.folder.name)})"
-                                                           for v, m in zip(values, members)))
+    for field in dict.fromkeys(k for i in ids for k in i):  # first-seen order: the arms' fields, then the node's
+        values = [i.get(field, "(unset)") for i in ids]
+        if len(set(values)) > 1:
+            lines.append(f"{md_text(field)}: " + ", ".join(f"{md_text(v)} ({md_text(m.folder.name)})"
+                                                        for v, m in zip(values, members)))
     return lines
 
 
@@ -118,7 +126,8 @@ class MeanInterval:
 
 
 def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> MeanInterval | None:
-    """One-sample t interval of the mean and the one-sided test that it is below zero; None under 2 values."""
+    """One-sample t interval of the mean and the one-sided test that it is below zero (the record block's
+    p_value against 0); None under 2 values."""
     n = len(values)
     if n < 2:
         return None
@@ -129,16 +138,15 @@ def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> MeanIn
     if se == 0:
         return MeanInterval(n, mean, 0.0, mean, mean, 0.0 if mean < 0 else 1.0, confidence)
     q = scipy.stats.t.ppf(0.5 + confidence / 2, n - 1)
-    return MeanInterval(n, mean, sd, mean - q * se, mean + q * se, float(scipy.stats.t.cdf(mean / se, n - 1)),
-                        confidence)
+    return MeanInterval(n, mean, sd, mean - q * se, mean + q * se, p_value(values, 0.0), confidence)
 
 
-def _campaign_row(m: Member) -> str:
+def _campaign_row(m: Member, pairs: list[float]) -> str:
     base, cand = arm_values(m.runs, BASELINE, "train_time_s"), arm_values(m.runs, CANDIDATE, "train_time_s")
     ratio = f"{statistics.fmean(cand) / statistics.fmean(base):.3f}" if base and cand else "-"
-    pairs = pair_differences(m.runs)
-    env, uuids = environment_identity(m.campaign)
-    gpu = env["gpu"] + (f" ({', '.join(u.removeprefix('GPU-')[:8] for u in uuids)})" if uuids else "")
+    uuids = gpu_uuids(m.campaign)
+    gpu = environment_identity(m.campaign)["gpu"] + (f" ({', '.join(u.removeprefix('GPU-')[:8] for u in uuids)})"
+                                                     if uuids else "")
     gpu, name = md_cell(gpu), md_cell(m.folder.name)
     seeds = sorted({r.seed for r in m.runs if isinstance(r.seed, int)})
     seed_text = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else (str(seeds[0]) if seeds else "-")
@@ -167,7 +175,8 @@ def pooled_markdown(folders: list[str | Path], allow_differences: bool = False) 
              "every ok run.", "",
              "| campaign | GPU (its UUID: the node) | seeds | baseline train time (s) | candidate train time (s) "
              "| candidate / baseline | per-pair differences (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [_campaign_row(m) for m in members]
+    pairs_of = [pair_differences(m.runs) for m in members]  # each campaign's pairs, each pair on its one node
+    lines += [_campaign_row(m, pairs) for m, pairs in zip(members, pairs_of)]
     if diff:
         lines += ["", "**Not one experiment**: these differ between the campaigns (pooled anyway, "
                   "--allow-differences):", ""] + [f"- {d}" for d in diff]
@@ -177,7 +186,7 @@ def pooled_markdown(folders: list[str | Path], allow_differences: bool = False) 
             lines += ["", f"The {arm}'s seeds {', '.join(map(str, repeats[arm]))} ran more than once: where the "
                       "script reads SPEEDRUN_SEED, those runs are not independent draws and the intervals below are "
                       "too narrow."]
-    pairs = [x for m in members for x in pair_differences(m.runs)]
+    pairs = [x for campaign_pairs in pairs_of for x in campaign_pairs]
     lines.append("")
     interval = mean_interval(pairs)
     if interval is None:
